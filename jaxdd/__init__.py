@@ -3,12 +3,16 @@
 The public API in one screen; every name below is a pure function or a small data type.
 """
 
-from jaxdd.coreset import class_mean, random_real
+from jaxdd import augment, coreset, krr, sharding
+from jaxdd.augment import dsa, dsa_strategy
+from jaxdd.coreset import class_mean, herding, kcenter, random_real
 from jaxdd.data import DATASETS, Dataset, DatasetInfo, load_dataset, sample_batch, sample_class, sample_per_class
 from jaxdd.distill import NonFiniteError, run
 from jaxdd.evaluate import PROTOCOLS, EvalResult, evaluate_synset, get_protocol, train_models
+from jaxdd.krr import analytic_labels, krr_loss, ridge_solve
 from jaxdd.io import SynSetError, load_synset, save_synset
 from jaxdd.methods import METHODS, DistillRequest, IterativeMethod, MethodSpec, get_method, register
+from jaxdd.sharding import make_mesh
 from jaxdd.models import ARCHITECTURES, from_functions, from_linen, from_nnx, get_model
 from jaxdd.train import Protocol, accuracy, loss_fn, train_on_set
 from jaxdd.types import Model, Params, PRNGKey, SynSet
@@ -34,7 +38,12 @@ __all__ = [
     "SynSet",
     "SynSetError",
     "accuracy",
+    "analytic_labels",
+    "augment",
     "class_mean",
+    "coreset",
+    "dsa",
+    "dsa_strategy",
     "evaluate_synset",
     "from_functions",
     "from_linen",
@@ -42,16 +51,23 @@ __all__ = [
     "get_method",
     "get_model",
     "get_protocol",
+    "herding",
+    "kcenter",
+    "krr",
+    "krr_loss",
     "load_dataset",
     "load_synset",
     "loss_fn",
+    "make_mesh",
     "random_real",
     "register",
+    "ridge_solve",
     "run",
     "sample_batch",
     "sample_class",
     "sample_per_class",
     "save_synset",
+    "sharding",
     "train_models",
     "train_on_set",
 ]

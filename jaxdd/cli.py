@@ -20,8 +20,23 @@ DEFAULT_JOB = {"method": "random", "dataset": "digits", "ipc": 10, "preset": "cp
 """What ``jaxdd`` with no arguments distils (embedded data, no download)."""
 
 
+MESH_HELP = "device mesh, e.g. data=4,model=2: real batches split on data, stacked models on model (default: one device)"
+
+
 class CLIError(Exception):
     """A user error reported as one line, exit status 2."""
+
+
+def _mesh(spec: Optional[str]):
+    """The ``--mesh`` option as a ``jax.sharding.Mesh`` (None without it); bad specs are a CLIError."""
+    if spec is None:
+        return None
+    from jaxdd import sharding
+
+    try:
+        return sharding.parse_mesh(spec)
+    except ValueError as error:
+        raise CLIError(f"--mesh: {error}") from None
 
 
 def _method_flags() -> dict[str, dict]:
@@ -53,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     distill.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     distill.add_argument("--no-progress", action="store_true", help="no progress bar")
+    distill.add_argument("--mesh", default=None, help=MESH_HELP)
     for flag, kwargs in _method_flags().items():
         distill.add_argument(flag, **kwargs)
 
@@ -67,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--data-dir", default=None)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--mesh", default=None, help=MESH_HELP)
 
     datasets = commands.add_parser("datasets", help="the dataset registry and what is available here")
     datasets.add_argument("--data-dir", default=None)
@@ -151,6 +168,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         raise CLIError(f"unknown architecture {args.arch!r}; known: {', '.join(sorted(models.ARCHITECTURES))}")
     if args.ipc < 1:
         raise CLIError(f"--ipc must be at least 1 (got {args.ipc})")
+    mesh = _mesh(args.mesh)
     out = Path(args.out or f"runs/{args.method}-{args.dataset}-ipc{args.ipc}")
     existed = _check_output_folder(out)
 
@@ -191,6 +209,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
                 checkpoint_every=args.checkpoint_every,
                 resume=args.resume,
                 progress=not args.no_progress,
+                mesh=mesh,
             )
             synset = made.to_synset(state)
             config = dict(made.config)
@@ -214,6 +233,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             "ipc": args.ipc,
             "preset": args.preset,
             "seed": args.seed,
+            "mesh": args.mesh,
             "options": method_options,
             "config": config,
             "eval_protocol": spec.default_protocol,
@@ -252,6 +272,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.models < 1:
         raise CLIError(f"--models must be at least 1 (got {args.models})")
+    mesh = _mesh(args.mesh)
     try:
         synset, meta, extras = io.load_synset(args.path)
     except io.SynSetError as error:
@@ -291,6 +312,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         dataset.y_test,
         protocol,
         args.models,
+        mesh=mesh,
         **kwargs,
     )
     elapsed = time.perf_counter() - started
@@ -303,6 +325,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "models": args.models,
             "dataset": name,
             "seed": args.seed,
+            "mesh": args.mesh,
             "set": str(args.path),
             "wall_time_s": round(elapsed, 3),
         }))

@@ -4,17 +4,26 @@ All K networks are one stacked pytree: training maps over keys (``lax.map`` whos
 models are vmapped together) a ``lax.scan`` over steps, and testing maps over models a
 ``lax.map`` over test chunks, all in one jitted program. There is no Python loop over models,
 epochs or batches.
+
+With a device mesh (:mod:`jaxdd.sharding`) the same per-device program runs under
+``jax.shard_map``: the K models are spread over every device for training (each device trains
+its share exactly as one device trains all of them, so the accuracies are the same), then tested
+with the models split on the ``model`` axis and the test images on the ``data`` axis.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
+from jaxdd.sharding import DATA, MODEL, constrain, replicate, shard_data
 from jaxdd.train import Protocol, accuracy, train_gd_steps, train_on_set
 from jaxdd.types import Array, Model, Params, PRNGKey
 
@@ -129,19 +138,52 @@ def train_models(
     init_params: Optional[Params] = None,
     step_sizes: Optional[Array] = None,
     model_batch: Optional[int] = None,
+    mesh: Optional[Mesh] = None,
 ) -> Params:
     """Trains ``num_models`` networks (keys ``split(key, num_models)``) as one stacked pytree.
 
     The model axis is ``lax.map(..., batch_size=model_batch)``: ``model_batch`` models are
     vmapped together (default :func:`default_model_batch`); the result is the same either way.
+    With ``mesh`` the models are spread over all its devices (``jax.shard_map``; model ``i`` is
+    still trained with key ``i``; ``num_models`` is padded to a multiple of the device count and
+    the extra models dropped) and ``model_batch`` counts the models vmapped on one device.
     """
+    keys = jax.random.split(key, num_models)
+    if mesh is None:
+        return _train_keys(model, protocol, model_batch, keys, images, labels, init_params, step_sizes)
+    stacked = _train_on_mesh(model, protocol, model_batch, mesh, keys, images, labels, init_params, step_sizes)
+    return jax.tree.map(lambda a: a[:num_models], stacked)
+
+
+def _train_keys(model, protocol, model_batch, keys, images, labels, init_params, step_sizes):
+    """One model per key, ``model_batch`` (default :func:`default_model_batch`) vmapped at a time."""
     trainer = TRAINERS[protocol.trainer]
 
     def train_one(k):
         return trainer(k, model, images, labels, protocol, params=init_params, step_sizes=step_sizes)
 
-    batch = model_batch or default_model_batch(num_models)
-    return jax.lax.map(train_one, jax.random.split(key, num_models), batch_size=min(batch, num_models))
+    count = keys.shape[0]
+    batch = model_batch or default_model_batch(count)
+    return jax.lax.map(train_one, keys, batch_size=min(batch, count))
+
+
+_EVERY_DEVICE = P((MODEL, DATA))
+"""Stacked models over all devices, ``model``-major: device (d, m) holds block m * D + d, so
+regrouping them on ``model`` alone (for testing) only gathers within each ``model`` column."""
+
+
+def _train_on_mesh(model, protocol, model_batch, mesh, keys, images, labels, init_params, step_sizes):
+    """:func:`_train_keys` on every device of ``mesh`` for its block of ``keys``.
+
+    The keys are padded (repeating the last) to a multiple of the device count; the stacked
+    result keeps the padding models at its end.
+    """
+    pad = -keys.shape[0] % mesh.size
+    keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, axis=0)])
+    train = functools.partial(_train_keys, model, protocol, model_batch)
+    return jax.shard_map(
+        train, mesh=mesh, in_specs=(_EVERY_DEVICE, P(), P(), P(), P()), out_specs=_EVERY_DEVICE, check_vma=False
+    )(keys, images, labels, init_params, step_sizes)
 
 
 def evaluate_synset(
@@ -158,6 +200,7 @@ def evaluate_synset(
     step_sizes: Optional[Array] = None,
     test_batch_size: Optional[int] = None,
     model_batch: Optional[int] = None,
+    mesh: Optional[Mesh] = None,
 ) -> EvalResult:
     """Trains ``num_models`` fresh networks on a set and returns their real test accuracies.
 
@@ -177,16 +220,35 @@ def evaluate_synset(
         step_sizes: learned step sizes for trainers that use them (DD).
         test_batch_size: test images per chunk (default 1000).
         model_batch: models vmapped together (default: all on GPU/TPU, 1 on CPU); any value
-            gives the same accuracies.
+            gives the same accuracies. With ``mesh``: per device.
+        mesh: optional ``("data", "model")`` mesh (:func:`jaxdd.sharding.make_mesh`). The
+            models are trained spread over all its devices (K is padded to a multiple of the
+            device count; the extra models are discarded), then tested split on ``model``
+            with the test images split on ``data``; the accuracies equal those without a mesh.
 
     Returns:
         :class:`EvalResult` with per-model accuracies, mean and population std.
     """
-    batch = min(model_batch or default_model_batch(num_models), num_models)
     chunk = test_batch_size or 1000
-    accs = _evaluate_jit(
-        key, model, images, labels, test_images, test_labels, protocol, num_models, init_params, step_sizes, chunk, batch
-    )
+    if mesh is None:
+        batch = min(model_batch or default_model_batch(num_models), num_models)
+        accs = _evaluate_jit(
+            key, model, images, labels, test_images, test_labels, protocol, num_models, init_params, step_sizes, chunk, batch
+        )
+    else:
+        per_device = -(-num_models // mesh.size)
+        batch = min(model_batch or default_model_batch(per_device), per_device)
+        num_test = test_images.shape[0]
+        pad = -num_test % mesh.shape[DATA]
+        test_images = jnp.concatenate([test_images, jnp.zeros((pad,) + test_images.shape[1:], test_images.dtype)])
+        test_labels = jnp.concatenate([test_labels, jnp.full((pad,), -1, test_labels.dtype)])
+        accs = _evaluate_mesh_jit(
+            *replicate(mesh, (key, images, labels)),
+            *shard_data(mesh, (test_images, test_labels)),
+            replicate(mesh, init_params),
+            replicate(mesh, step_sizes),
+            model=model, protocol=protocol, num_models=num_models, chunk=chunk, batch=batch, num_test=num_test, mesh=mesh,
+        )
     accs = np.asarray(accs, dtype=np.float64)
     return EvalResult(accs, float(accs.mean()), float(accs.std()))
 
@@ -197,6 +259,23 @@ def _evaluate_jit(key, model, images, labels, test_images, test_labels, protocol
         key, model, images, labels, protocol, num_models, init_params=init_params, step_sizes=step_sizes, model_batch=batch
     )
     return jax.lax.map(lambda params: accuracy(model, params, test_images, test_labels, chunk), stacked, batch_size=batch)
+
+
+@jax.jit(static_argnames=("model", "protocol", "num_models", "chunk", "batch", "num_test", "mesh"))
+def _evaluate_mesh_jit(key, images, labels, test_images, test_labels, init_params, step_sizes, *, model, protocol,
+                       num_models, chunk, batch, num_test, mesh):
+    keys = jax.random.split(key, num_models)
+    stacked = _train_on_mesh(model, protocol, batch, mesh, keys, images, labels, init_params, step_sizes)
+
+    def hits(params, x, y):
+        # accuracy * local count is the hit count up to float32 rounding (< 0.5 below 2**22 images).
+        local = jax.lax.map(lambda p: jnp.round(accuracy(model, p, x, y, chunk) * x.shape[0]), params, batch_size=batch)
+        return jax.lax.psum(local, DATA)
+
+    counts = jax.shard_map(
+        hits, mesh=mesh, in_specs=(P(MODEL), P(DATA), P(DATA)), out_specs=P(MODEL), check_vma=False
+    )(stacked, test_images, test_labels)
+    return constrain(counts[:num_models] / num_test, P(), mesh)
 
 
 __all__ = [

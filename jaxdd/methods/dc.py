@@ -34,6 +34,7 @@ import optax
 from jaxdd import augment
 from jaxdd.coreset import class_sorted_labels
 from jaxdd.methods import DistillRequest, IterativeMethod, MethodSpec, register
+from jaxdd.sharding import DATA, MODEL, constrain
 from jaxdd.train import epoch_batch, loss_fn
 from jaxdd.types import Array, Model, Params, PRNGKey, SynSet
 
@@ -300,6 +301,9 @@ def dc_init(key: PRNGKey, real: RealByClass, config: DCConfig) -> DCState:
 def dc_step(model: Model, config: DCConfig, state: DCState, real: RealByClass, key: PRNGKey) -> tuple[DCState, dict]:
     """One outer iteration of DC / DSA (see the module docstring); pure and jittable.
 
+    Under a mesh (:func:`jaxdd.sharding.constrain`) the initialisations are split on ``model``
+    and each class's real batch on ``data``.
+
     Returns:
         The new state and ``{'loss': mean over matching steps of sum_c D / C}``.
     """
@@ -308,11 +312,11 @@ def dc_step(model: Model, config: DCConfig, state: DCState, real: RealByClass, k
     num_classes, ipc = config.num_classes, config.ipc
     labels = class_sorted_labels(num_classes, ipc)
     init_key, loop_key = jax.random.split(key)
-    params = jax.vmap(model.init)(jax.random.split(init_key, config.num_inits))
+    params = constrain(jax.vmap(model.init)(jax.random.split(init_key, config.num_inits)), MODEL)
 
     def match(params, images, opt_state, t):
         real_key, aug_key = jax.random.split(jax.random.fold_in(loop_key, t))
-        batch = sample_real(real_key, real, config.batch_real)
+        batch = constrain(sample_real(real_key, real, config.batch_real), (None, DATA))
 
         def loss_of(imgs):
             losses = jax.vmap(lambda p: match_loss(model, p, imgs, batch, aug_key, config))(params)
@@ -357,15 +361,14 @@ def to_synset(state) -> SynSet:
 PRESETS: dict[str, dict] = {
     # Seconds on scikit-learn's 8x8 digits (tests).
     "smoke": {"iterations": 30, "batch_real": 32, "init": "noise"},
-    # Minutes on 2 shared CPU cores for MNIST / Fashion-MNIST. Deviations from the paper: 200
-    # iterations instead of 1000 (10 at >= 10 img/cls, with inner_loop 5 instead of 50), real
-    # batch 32 per class instead of 256, initialised from real images (as DSA's commands), and
-    # lr_img 1.0 instead of 0.1: with 100 iterations on MNIST 1 img/cls (ConvNet width 16) it
-    # gave 79.3 % on 1000 held-out *training* images (lr 3.0: 79.8 %; lr 0.1 with 10 iterations
-    # of outer_loop 10, the same number of image updates: 66.7 %).
+    # Minutes on 2 CPU cores for MNIST / Fashion-MNIST. Deviations from the paper: real batch
+    # 64 per class instead of 256; at >= 10 img/cls 100 iterations instead of 1000 with
+    # inner_loop 10 instead of 50; initialised from real images (as DSA's commands); lr_img 1.0
+    # instead of 0.1, chosen on 1000 held-out *training* images of MNIST at 1 img/cls with
+    # ConvNet width 16 (experiments/dc_cpu_lr.py; see docs/dc.md for the figures).
     "cpu": {
-        "iterations": 200, "batch_real": 32, "init": "real", "lr_img": 1.0,
-        "large_ipc": {"iterations": 10, "inner_loop": 5},
+        "iterations": 1000, "batch_real": 64, "init": "real", "lr_img": 1.0,
+        "large_ipc": {"iterations": 100, "inner_loop": 10},
     },
     # The reference protocol.
     "paper": {"iterations": 1000, "batch_real": 256, "init": "noise"},

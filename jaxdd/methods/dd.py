@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from jaxdd.methods import DistillRequest, IterativeMethod, MethodSpec, register
+from jaxdd.sharding import DATA, MODEL, constrain
 from jaxdd.train import gd_unroll, loss_fn
 from jaxdd.types import Array, Model, Params, PRNGKey, SynSet
 
@@ -165,7 +166,8 @@ def init_params(key: PRNGKey, config: DDConfig, image_shape: tuple, num_classes:
 def make_functions(config: DDConfig, model: Model, image_shape: tuple, num_classes: int):
     """Builds DD's pure ``init(key) -> DDState`` and ``step(state, real, key) -> (state, metrics)``.
 
-    ``real`` is ``(x_train, y_train)``; every step draws ``real_batch`` of them without replacement.
+    ``real`` is ``(x_train, y_train)``; every step draws ``real_batch`` of them without replacement
+    (split on the ``data`` axis under a mesh; random initialisations on ``model``).
     Update: ``(x~, raw) <- Adam(grad E_theta0[l(x_real, theta_T(x~, softplus(raw), theta0))])``.
     """
     tx = make_optimizer(config)
@@ -184,12 +186,12 @@ def make_functions(config: DDConfig, model: Model, image_shape: tuple, num_class
         x_all, y_all = real
         k_real, k_init = jax.random.split(key)
         idx = jax.random.choice(k_real, x_all.shape[0], (min(config.real_batch, x_all.shape[0]),), replace=False)
-        xb, yb = x_all[idx], y_all[idx]
+        xb, yb = constrain((x_all[idx], y_all[idx]), DATA)
 
         def objective(p):
             if config.init == "fixed":
                 return loss_one(p, state.theta0, xb, yb)
-            thetas = jax.vmap(model.init)(jax.random.split(k_init, config.num_init))
+            thetas = constrain(jax.vmap(model.init)(jax.random.split(k_init, config.num_init)), MODEL)
             return jnp.mean(jax.vmap(lambda th: loss_one(p, th, xb, yb))(thetas))
 
         loss, grads = jax.value_and_grad(objective)(state.params)

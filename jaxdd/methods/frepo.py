@@ -26,6 +26,7 @@ import optax
 
 from jaxdd import coreset, krr
 from jaxdd.methods import DistillRequest, IterativeMethod, MethodSpec, register
+from jaxdd.sharding import DATA, MODEL, constrain
 from jaxdd.types import Array, Model, Params, PRNGKey, SynSet
 
 
@@ -78,6 +79,8 @@ def make_frepo(model: Model, images0: Array, labels0: Array, config: FRePoConfig
     """``(init, step)`` of FRePo for a synthetic set starting at ``(images0, labels0)`` (soft, (N, C)).
 
     ``step(state, real, key)`` with ``real = (images, labels)`` of the whole real training set.
+    Under a mesh (:func:`jaxdd.sharding.constrain`) the pool is split on ``model`` (placed so by
+    ``init``) and the real batch on ``data``.
     """
     num_classes = labels0.shape[-1]
     optimizer = optax.adam(config.lr)
@@ -87,13 +90,14 @@ def make_frepo(model: Model, images0: Array, labels0: Array, config: FRePoConfig
         syn = {"images": images0, "labels": labels0}
         params = jax.vmap(model.init)(jax.random.split(key, config.pool_size))
         ages = (jnp.arange(config.pool_size) * config.max_age) // config.pool_size
-        return FRePoState(images0, labels0, optimizer.init(syn), params, jax.vmap(model_opt.init)(params), ages)
+        pool = constrain((params, jax.vmap(model_opt.init)(params)), MODEL)
+        return FRePoState(images0, labels0, optimizer.init(syn), *pool, ages)
 
     def step(state: FRePoState, real, key: PRNGKey):
         k_batch, k_pick, k_reinit = jax.random.split(key, 3)
         x_all, y_all = real
         idx = jax.random.randint(k_batch, (config.batch_real,), 0, x_all.shape[0])
-        x_t, y_t = x_all[idx], jax.nn.one_hot(y_all[idx], num_classes)
+        x_t, y_t = constrain((x_all[idx], jax.nn.one_hot(y_all[idx], num_classes)), DATA)
         i = jax.random.randint(k_pick, (), 0, config.pool_size)
         params = _index(state.pool_params, i)
         f_t = jax.lax.stop_gradient(krr.features(model, params, x_t))

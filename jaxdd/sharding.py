@@ -1,0 +1,198 @@
+"""Scale-out through JAX's SPMD engine: one 2-D device mesh with axes ``data`` and ``model``.
+
+Real batches are split on ``data``, stacked models and initialisations on ``model``. The same
+program runs on one device, on 8 GPUs, or on several hosts (``jax.distributed.initialize``);
+there is no ``pmap`` and no branch on the device count. The helpers here are small and pure:
+
+- :func:`make_mesh` / :func:`parse_mesh` build the mesh (``--mesh data=4,model=2``);
+- :func:`shard_data`, :func:`shard_models`, :func:`replicate` place host or device arrays on it
+  (``jax.device_put`` with a ``NamedSharding``);
+- :func:`constrain` pins the layout of an intermediate inside a jitted step
+  (``jax.lax.with_sharding_constraint``). Without a mesh it returns its input unchanged, so a
+  method that calls it runs the very same program as before on one device.
+
+See ``docs/scaling.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA = "data"
+"""Mesh axis of real batches (and of test images in evaluation)."""
+
+MODEL = "model"
+"""Mesh axis of stacked models, initialisations and online model pools."""
+
+AXES = (DATA, MODEL)
+
+
+def make_mesh(data: Optional[int] = None, model: Optional[int] = None, devices: Optional[Sequence] = None) -> Mesh:
+    """A 2-D mesh with axes ``("data", "model")`` over ``devices`` (default: ``jax.devices()``).
+
+    With neither size given every device is on ``data``; with one given the other is the
+    quotient. Both axes are ``AxisType.Auto``: the compiler propagates the layouts that inputs
+    and :func:`constrain` fix. Under ``jax.distributed`` ``jax.devices()`` lists the devices of
+    every process, so the mesh spans all hosts.
+
+    Args:
+        data: devices on the ``data`` axis.
+        model: devices on the ``model`` axis.
+        devices: the devices to use, all of them (default: every device of every process).
+
+    Returns:
+        A ``jax.sharding.Mesh`` of shape ``(data, model)``.
+
+    Raises:
+        ValueError: a size is below 1, or ``data * model`` is not the number of devices.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    count = len(devices)
+    for name, size in ((DATA, data), (MODEL, model)):
+        if size is not None and size < 1:
+            raise ValueError(f"mesh axis {name} must have at least 1 device (got {size})")
+    if data is None and model is None:
+        data, model = count, 1
+    elif data is None:
+        data = count // model if count % model == 0 else 0
+    elif model is None:
+        model = count // data if count % data == 0 else 0
+    if data * model != count or data == 0 or model == 0:
+        shown = f"data={data or '?'} x model={model or '?'}"
+        raise ValueError(f"mesh {shown} does not use the {count} available devices (the product of the sizes must be {count})")
+    return jax.make_mesh((data, model), AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def parse_mesh(spec: str, devices: Optional[Sequence] = None) -> Mesh:
+    """The mesh of a command-line spec such as ``"data=4,model=2"``, ``"model=2"`` or ``"data=8"``.
+
+    Raises:
+        ValueError: unknown axis, repeated axis, a size that is not a positive integer, or sizes
+            whose product is not the device count (one line each).
+    """
+    sizes: dict[str, int] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in AXES or name in sizes:
+            raise ValueError(f"bad mesh spec {spec!r}: expected data=N,model=M (each axis at most once)")
+        try:
+            sizes[name] = int(value)
+        except ValueError:
+            raise ValueError(f"bad mesh spec {spec!r}: {name} needs an integer size, got {value.strip()!r}") from None
+    return make_mesh(sizes.get(DATA), sizes.get(MODEL), devices)
+
+
+def _spec(spec: Any) -> P:
+    """A ``PartitionSpec`` from a spec, an axis name (leading axis) or a tuple of names."""
+    if isinstance(spec, P):
+        return spec
+    if spec is None or isinstance(spec, str):
+        return P(spec)
+    return P(*spec)
+
+
+def _put(mesh: Mesh, tree: Any, spec: Any, uneven: str) -> Any:
+    if uneven not in ("error", "replicate"):
+        raise ValueError(f"uneven must be 'error' or 'replicate', got {uneven!r}")
+    spec = _spec(spec)
+
+    def put(leaf):
+        fits = _fits(mesh.shape, leaf.shape, spec)
+        if uneven == "error" and fits != tuple(spec):
+            dim = next(i for i, entry in enumerate(spec) if entry is not None and (i >= len(fits) or fits[i] is None))
+            raise ValueError(
+                f"cannot split axis {dim} of an array of shape {tuple(leaf.shape)} over mesh axis {spec[dim]!r} "
+                f"(mesh {dict(mesh.shape)}): the axis must exist and its size must divide the dimension"
+            )
+        return _device_put(leaf, NamedSharding(mesh, P(*fits)))
+
+    return jax.tree.map(put, tree)
+
+
+def shard_data(mesh: Mesh, tree: Any, *, axis: int = 0, uneven: str = "error") -> Any:
+    """Places every leaf of ``tree`` on ``mesh``, split along ``axis`` over the ``data`` axis.
+
+    Args:
+        mesh: from :func:`make_mesh`.
+        tree: pytree of arrays (host or device); each leaf needs at least ``axis + 1`` dims.
+        axis: the array axis to split (the sample axis; 1 for class-grouped ``(C, n, ...)``).
+        uneven: ``'error'``: a leaf whose ``axis`` the ``data`` size does not divide raises
+            ``ValueError``; ``'replicate'``: such a leaf is copied to every device instead.
+
+    Returns:
+        The same pytree of ``jax.Array`` with ``NamedSharding(mesh, P(None, ..., 'data'))``.
+    """
+    return _put(mesh, tree, P(*([None] * axis), DATA), uneven)
+
+
+def shard_models(mesh: Mesh, tree: Any, *, uneven: str = "error") -> Any:
+    """Places a stacked pytree (leading axis = models) on ``mesh``, split over ``model``.
+
+    ``uneven`` as in :func:`shard_data`.
+    """
+    return _put(mesh, tree, P(MODEL), uneven)
+
+
+def replicate(mesh: Mesh, tree: Any) -> Any:
+    """Places a full copy of every leaf of ``tree`` on every device of ``mesh``."""
+    return jax.tree.map(lambda leaf: _device_put(leaf, NamedSharding(mesh, P())), tree)
+
+
+def constrain(tree: Any, spec: Any, mesh: Optional[Mesh] = None) -> Any:
+    """``with_sharding_constraint`` on every leaf of ``tree``; the identity without a mesh.
+
+    The mesh is ``mesh`` or, when it is None, the one set by ``jax.set_mesh`` around the call
+    (:func:`jaxdd.distill.run` sets it), so method code names axes without receiving a mesh.
+    With neither, ``tree`` is returned unchanged (the traced program is the unsharded one).
+    Entries of ``spec`` that name an axis the mesh lacks, or whose mesh axis size does not
+    divide the array dimension, are dropped (that dimension stays unsplit), so the constraint
+    is always valid: e.g. one initialisation on a ``model`` axis of 4 is replicated.
+
+    Args:
+        tree: pytree of arrays (inside or outside ``jax.jit``).
+        spec: a ``PartitionSpec``, an axis name for the leading axis (``"model"``) or a tuple
+            of names per leading dims (``(None, "data")``).
+        mesh: a concrete mesh; default the ambient one.
+    """
+    ambient = jax.sharding.get_abstract_mesh()
+    if mesh is None and ambient.empty:
+        return tree
+    shape = (mesh or ambient).shape
+    spec = _spec(spec)
+
+    def pin(leaf):
+        fits = P(*_fits(shape, leaf.shape, spec))
+        return jax.lax.with_sharding_constraint(leaf, fits if mesh is None else NamedSharding(mesh, fits))
+
+    return jax.tree.map(pin, tree)
+
+
+def _device_put(leaf: Any, sharding: NamedSharding) -> jax.Array:
+    """``jax.device_put``; typed keys travel as their key data (a key array cannot be put on
+    another process's devices directly)."""
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(jax.device_put(jax.random.key_data(leaf), sharding), impl=jax.random.key_impl(leaf))
+    return jax.device_put(leaf, sharding)
+
+
+def _size(shape: dict, entry: Any) -> int:
+    names = entry if isinstance(entry, tuple) else (entry,)
+    return math.prod(shape.get(name, 0) for name in names)
+
+
+def _fits(shape: dict, dims: tuple, spec: P) -> tuple:
+    """``spec`` with the entries a mesh of axis sizes ``shape`` cannot apply to ``dims`` set to None."""
+    out = []
+    for index, entry in enumerate(tuple(spec)[: len(dims)]):
+        size = _size(shape, entry) if entry is not None else 0
+        out.append(entry if size and dims[index] % size == 0 else None)
+    return tuple(out)
+
+
+__all__ = ["AXES", "DATA", "MODEL", "constrain", "make_mesh", "parse_mesh", "replicate", "shard_data", "shard_models"]
