@@ -5,7 +5,8 @@ ConvNet (instance norm, 3x3 convs, the first padded by 3 for 28x28 inputs), ``ou
 matching steps, each over the C classes (real batch ``batch_real`` per class, layer-wise cosine
 distance ignoring 1-D parameters, SGD momentum 0.5 on the images) followed by ``inner_loop``
 epochs of plain SGD on the synthetic set (except after the last step). The PyTorch side is the
-reference's style: a Python loop over classes with ``torch.autograd.grad(create_graph=True)``.
+reference's style: a Python loop over classes with ``torch.autograd.grad(create_graph=True)``
+(:func:`benchmarks.torch_ref.dc_iteration`).
 Each side is warmed up (compilation for JAX) with one iteration, then ``--iterations`` are timed.
 PyTorch is a benchmark-only dependency (``pip install torch==2.13.0``); without it only the JAX
 column is measured. Writes ``benchmarks/results/dc_speed-<host>-<date>.{json,md}``.
@@ -55,68 +56,17 @@ def jax_seconds(model, images, labels, config: dc.DCConfig, iterations: int) -> 
 def torch_seconds(images: np.ndarray, labels: np.ndarray, config: dc.DCConfig, width: int, iterations: int, threads: int):
     """Wall seconds of each timed DC iteration in eager PyTorch (after one warm-up iteration)."""
     import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
+
+    from benchmarks import torch_ref
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    x = torch.tensor(np.asarray(images)).permute(0, 3, 1, 2).contiguous()  # NCHW
-    y = np.asarray(labels)
-    by_class = [np.flatnonzero(y == c) for c in range(config.num_classes)]
-    channels, size = x.shape[1], x.shape[2]
-
-    def convnet():
-        layers, c_in = [], channels
-        for d in range(3):
-            pad = 3 if (d == 0 and size == 28) else 1
-            layers += [nn.Conv2d(c_in, width, 3, padding=pad), nn.GroupNorm(width, width, affine=True), nn.ReLU(), nn.AvgPool2d(2)]
-            c_in = width
-        return nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * 4 * 4, config.num_classes))
-
-    def distance(gs, gr):
-        total = 0.0
-        for a, b in zip(gs, gr):
-            if a.dim() == 1:
-                continue
-            a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
-            total = total + torch.sum(1 - torch.sum(a * b, -1) / (a.norm(dim=-1) * b.norm(dim=-1) + 1e-6))
-        return total
-
     outer_loop, inner_loop = config.loops
-    syn = torch.randn(config.num_classes * config.ipc, channels, size, size, requires_grad=True)
-    syn_labels = torch.arange(config.num_classes).repeat_interleave(config.ipc)
-    opt_img = torch.optim.SGD([syn], lr=config.lr_img, momentum=config.momentum_img)
-
-    def iteration():
-        net = convnet()
-        params = list(net.parameters())
-        opt_net = torch.optim.SGD(net.parameters(), lr=config.lr_net)
-        for ol in range(outer_loop):
-            loss = 0.0
-            for c in range(config.num_classes):
-                rows = np.random.permutation(by_class[c])[: config.batch_real]
-                real = x[rows]
-                target = torch.full((len(rows),), c, dtype=torch.long)
-                g_real = [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(real), target), params)]
-                s = syn[c * config.ipc : (c + 1) * config.ipc]
-                g_syn = torch.autograd.grad(
-                    F.cross_entropy(net(s), torch.full((config.ipc,), c, dtype=torch.long)), params, create_graph=True
-                )
-                loss = loss + distance(g_syn, g_real)
-            opt_img.zero_grad()
-            loss.backward()
-            opt_img.step()
-            if ol == outer_loop - 1:
-                break
-            data_syn, label_syn = syn.detach().clone(), syn_labels
-            for _ in range(inner_loop):
-                order = torch.randperm(len(data_syn))
-                for start in range(0, len(order), config.batch_train):
-                    idx = order[start : start + config.batch_train]
-                    opt_net.zero_grad()
-                    F.cross_entropy(net(data_syn[idx]), label_syn[idx]).backward()
-                    opt_net.step()
-
+    iteration = torch_ref.dc_iteration(
+        images, labels, config.num_classes, config.ipc, outer_loop=outer_loop, inner_loop=inner_loop,
+        batch_real=config.batch_real, width=width, lr_img=config.lr_img, momentum_img=config.momentum_img,
+        lr_net=config.lr_net, batch_train=config.batch_train,
+    )
     iteration()
     times = []
     for _ in range(iterations):
@@ -135,7 +85,8 @@ def main() -> None:
     parser.add_argument("--outer-loop-10", type=int, default=None, help="outer_loop at 10 img/cls (default 10)")
     parser.add_argument("--inner-loop-10", type=int, default=None, help="inner_loop at 10 img/cls (default 50)")
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations per side (after one warm-up)")
-    parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="PyTorch threads (1 is the faster on a loaded 2-core CPU; benchmarks.run tries both)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()

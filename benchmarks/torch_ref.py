@@ -1,0 +1,224 @@
+"""Eager PyTorch references of the loops jaxdd benchmarks itself against.
+
+Each builder takes NumPy arrays (NHWC, normalised) and returns a zero-argument callable that
+runs one unit of work (one outer iteration, or one whole evaluation) in the style of the
+reference code: Python loops over classes, models, epochs and minibatches, ``torch.autograd``
+for every gradient. The network is DC's ConvNet (3 x [conv3x3 -> instance norm -> ReLU ->
+avg-pool 2] -> linear; the first conv pads 3 on 28x28 inputs), the same as
+``jaxdd.models.get_model('ConvNet', ...)``. PyTorch is a benchmark-only dependency
+(``pip install -e '.[bench]'``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+
+def device() -> torch.device:
+    """CUDA when this PyTorch build sees a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronize() -> None:
+    """Waits for queued GPU work (no-op on the CPU), so that wall times are complete."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def to_nchw(images: np.ndarray) -> torch.Tensor:
+    """NHWC NumPy images as a contiguous NCHW float tensor on :func:`device`."""
+    return torch.tensor(np.asarray(images, np.float32)).permute(0, 3, 1, 2).contiguous().to(device())
+
+
+def convnet(channels: int, size: int, num_classes: int, width: int = 128, depth: int = 3) -> nn.Sequential:
+    """DC's ConvNet with instance norm (GroupNorm with one group per channel, affine)."""
+    layers, c_in = [], channels
+    for d in range(depth):
+        pad = 3 if (d == 0 and size == 28) else 1
+        layers += [nn.Conv2d(c_in, width, 3, padding=pad), nn.GroupNorm(width, width, affine=True), nn.ReLU(),
+                   nn.AvgPool2d(2)]
+        c_in = width
+    final = (size + (4 if size == 28 else 0)) // 2**depth
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * final * final, num_classes)).to(device())
+
+
+def _class_rows(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
+    return [np.flatnonzero(labels == c) for c in range(num_classes)]
+
+
+def _layer_distance(gs, gr) -> torch.Tensor:
+    """DC's distance: per weight tensor, sum over output nodes of 1 - cos (1-D tensors ignored)."""
+    total = torch.zeros((), device=gs[0].device)
+    for a, b in zip(gs, gr):
+        if a.dim() == 1:
+            continue
+        a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+        total = total + torch.sum(1 - torch.sum(a * b, -1) / (a.norm(dim=-1) * b.norm(dim=-1) + 1e-6))
+    return total
+
+
+def dc_iteration(images: np.ndarray, labels: np.ndarray, num_classes: int, ipc: int, *, outer_loop: int,
+                 inner_loop: int, batch_real: int, width: int = 128, lr_img: float = 0.1,
+                 momentum_img: float = 0.5, lr_net: float = 0.01, batch_train: int = 256) -> Callable[[], None]:
+    """One DC outer iteration (DC Algorithm 1, the reference's ``main.py``) per call.
+
+    A fresh ConvNet; ``outer_loop`` matching steps, each a Python loop over classes with
+    ``autograd.grad(create_graph=True)`` on the synthetic batch, one SGD-momentum step on the
+    images; between matching steps ``inner_loop`` epochs of plain SGD on the synthetic set.
+    """
+    x = to_nchw(images)
+    by_class = _class_rows(np.asarray(labels), num_classes)
+    channels, size = x.shape[1], x.shape[2]
+    syn = torch.randn(num_classes * ipc, channels, size, size, device=x.device, requires_grad=True)
+    syn_labels = torch.arange(num_classes, device=x.device).repeat_interleave(ipc)
+    opt_img = torch.optim.SGD([syn], lr=lr_img, momentum=momentum_img)
+
+    def iteration() -> None:
+        net = convnet(channels, size, num_classes, width)
+        params = list(net.parameters())
+        opt_net = torch.optim.SGD(params, lr=lr_net)
+        for ol in range(outer_loop):
+            loss = torch.zeros((), device=x.device)
+            for c in range(num_classes):
+                real = x[np.random.permutation(by_class[c])[:batch_real]]
+                target = torch.full((real.shape[0],), c, dtype=torch.long, device=x.device)
+                g_real = [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(real), target), params)]
+                s = syn[c * ipc:(c + 1) * ipc]
+                s_target = torch.full((ipc,), c, dtype=torch.long, device=x.device)
+                g_syn = torch.autograd.grad(F.cross_entropy(net(s), s_target), params, create_graph=True)
+                loss = loss + _layer_distance(g_syn, g_real)
+            opt_img.zero_grad()
+            loss.backward()
+            opt_img.step()
+            if ol == outer_loop - 1:
+                break
+            data_syn = syn.detach().clone()
+            for _ in range(inner_loop):
+                order = torch.randperm(len(data_syn), device=x.device)
+                for start in range(0, len(order), batch_train):
+                    idx = order[start:start + batch_train]
+                    opt_net.zero_grad()
+                    F.cross_entropy(net(data_syn[idx]), syn_labels[idx]).backward()
+                    opt_net.step()
+        synchronize()
+
+    return iteration
+
+
+def dm_iteration(images: np.ndarray, labels: np.ndarray, num_classes: int, ipc: int, *, batch_real: int,
+                 width: int = 128, lr_img: float = 1.0, momentum_img: float = 0.5) -> Callable[[], None]:
+    """One DM iteration (the reference's ``main_DM.py``, without augmentation) per call.
+
+    A fresh random ConvNet; per class the squared distance between the mean embeddings (features
+    before the classifier) of a real batch and of the synthetic images; one SGD-momentum step.
+    """
+    x = to_nchw(images)
+    by_class = _class_rows(np.asarray(labels), num_classes)
+    channels, size = x.shape[1], x.shape[2]
+    syn = torch.randn(num_classes, ipc, channels, size, size, device=x.device, requires_grad=True)
+    opt_img = torch.optim.SGD([syn], lr=lr_img, momentum=momentum_img)
+
+    def iteration() -> None:
+        net = convnet(channels, size, num_classes, width)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        embed = net[:-1]
+        loss = torch.zeros((), device=x.device)
+        for c in range(num_classes):
+            with torch.no_grad():
+                mean_real = embed(x[np.random.permutation(by_class[c])[:batch_real]]).mean(0)
+            loss = loss + torch.sum((mean_real - embed(syn[c]).mean(0)) ** 2)
+        opt_img.zero_grad()
+        loss.backward()
+        opt_img.step()
+        synchronize()
+
+    return iteration
+
+
+def dd_iteration(images: np.ndarray, labels: np.ndarray, num_classes: int, *, steps: int, epochs: int,
+                 real_batch: int, width: int = 128, distill_lr: float = 0.02, lr: float = 0.01) -> Callable[[], None]:
+    """One DD outer step (fixed init) per call: differentiate through ``steps * epochs`` GD steps.
+
+    ``theta_{t+1} = theta_t - softplus(raw_t) * grad CE(x~_{t mod S}, theta_t)`` from one fixed
+    ``theta_0``, unrolled with ``autograd.grad(create_graph=True)``; the meta-loss is CE of
+    ``theta_T`` on a real batch; Adam (betas 0.5, 0.999) on the images and raw step sizes.
+    """
+    x = to_nchw(images)
+    y = torch.tensor(np.asarray(labels), dtype=torch.long, device=x.device)
+    channels, size = x.shape[1], x.shape[2]
+    net = convnet(channels, size, num_classes, width)
+    theta0 = {name: p.detach().clone() for name, p in net.named_parameters()}
+    syn = torch.randn(steps, num_classes, channels, size, size, device=x.device, requires_grad=True)
+    syn_labels = torch.arange(num_classes, device=x.device)
+    raw = torch.full((steps * epochs,), math.log(math.expm1(distill_lr)), device=x.device, requires_grad=True)
+    opt = torch.optim.Adam([syn, raw], lr=lr, betas=(0.5, 0.999))
+
+    def iteration() -> None:
+        rows = torch.randperm(x.shape[0], device=x.device)[:real_batch]
+        theta = {name: p.clone().requires_grad_() for name, p in theta0.items()}
+        for t in range(steps * epochs):
+            loss = F.cross_entropy(functional_call(net, theta, (syn[t % steps],)), syn_labels)
+            grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True)
+            step = F.softplus(raw[t])
+            theta = {name: p - step * g for (name, p), g in zip(theta.items(), grads)}
+        meta = F.cross_entropy(functional_call(net, theta, (x[rows],)), y[rows])
+        opt.zero_grad()
+        meta.backward()
+        opt.step()
+        synchronize()
+
+    return iteration
+
+
+def evaluation(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray,
+               num_classes: int, *, num_models: int, epochs: int, width: int = 128, lr: float = 0.01,
+               batch_size: int = 256, test_batch: int = 1000) -> Callable[[], np.ndarray]:
+    """Trains ``num_models`` fresh ConvNets one after another on a set and tests each (DC protocol).
+
+    SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256, lr x0.1 from epoch ``epochs // 2``,
+    cross-entropy, no augmentation (jaxdd's ``get_protocol('dc', epochs=E, augment='none')``).
+    The call returns the per-model test accuracies.
+    """
+    x, x_test = to_nchw(images), to_nchw(test_images)
+    y = torch.tensor(np.asarray(labels), dtype=torch.long, device=x.device)
+    y_test = torch.tensor(np.asarray(test_labels), dtype=torch.long, device=x.device)
+    channels, size = x.shape[1], x.shape[2]
+
+    def train_one() -> nn.Module:
+        net = convnet(channels, size, num_classes, width)
+        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+        for epoch in range(epochs):
+            if epoch == epochs // 2:
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.1
+            order = torch.randperm(x.shape[0], device=x.device)
+            for start in range(0, x.shape[0], batch_size):
+                idx = order[start:start + batch_size]
+                opt.zero_grad()
+                F.cross_entropy(net(x[idx]), y[idx]).backward()
+                opt.step()
+        return net
+
+    def test(net: nn.Module) -> float:
+        with torch.no_grad():
+            hits = sum(int((net(x_test[i:i + test_batch]).argmax(1) == y_test[i:i + test_batch]).sum())
+                       for i in range(0, x_test.shape[0], test_batch))
+        return hits / x_test.shape[0]
+
+    def run() -> np.ndarray:
+        accs = np.array([test(train_one()) for _ in range(num_models)])
+        synchronize()
+        return accs
+
+    return run
+
+
+__all__ = ["convnet", "dc_iteration", "dd_iteration", "device", "dm_iteration", "evaluation", "synchronize", "to_nchw"]

@@ -1,0 +1,42 @@
+"""experiments/report.py on tiny synthetic result folders: paper cells, 'not run', speed, robustness."""
+
+import json
+
+from experiments import report
+
+
+def _dc_table(accs):
+    cell = {"dataset": "mnist", "ipc": 1, "method": "dc", "accs": accs, "mean": sum(accs) / len(accs), "std": 0.01,
+            "arch": {"name": "ConvNet", "width": 16}, "protocol": {"epochs": 100}, "test_images": 1000,
+            "distill_time_s": 268.2, "eval_time_s": 47.2}
+    return {"command": "python -m experiments.dc_table --preset cpu", "machine": {"devices": ["cpu:0"]},
+            "preset": "cpu", "seed": 0, "models": len(accs), "cells": [cell]}
+
+
+def test_report_shows_paper_and_ours(tmp_path):
+    results, bench = tmp_path / "results", tmp_path / "bench"
+    results.mkdir()
+    bench.mkdir()
+    (results / "dc_table_cpu.json").write_text(json.dumps(_dc_table([0.82, 0.84])))
+    (results / "dd_table_cpu_broken.json").write_text(json.dumps({"part": "fixed_1x3"}))  # no accuracy: skipped
+    (results / "mgdd_cpu.json").write_text("{not json")
+    speed = {"summary": {"jax_median_s": 0.5, "torch_median_s": 1.0, "ratio": 2.0, "goal": 1.0, "met": True},
+             "unit": "step", "work": 1}
+    (bench / "cpu-2core-2026-01-01.json").write_text(json.dumps({
+        "command": "python -m benchmarks.run --quick", "repeats": 3, "benches": {"dc_ipc1": speed},
+        "session": {"mode": "quick", "date": "2026-01-01", "devices": ["cpu:0"]}}))
+
+    text = report.generate(results, bench, tmp_path / "RESULTS.md", tmp_path / "plots")
+
+    assert text == (tmp_path / "RESULTS.md").read_text()
+    grid_row = next(line for line in text.splitlines() if line.startswith("| mnist / 1 |"))
+    assert "**83.0 +- 1.0** (91.7 +- 0.5)" in grid_row  # ours beside DC Table 1's number
+    assert "not run" in grid_row and "(64.9)" in grid_row  # random real: no result, paper shown
+    detail = next(line for line in text.splitlines() if line.startswith("| mnist / 1 / dc |"))
+    assert "cpu" in detail and "2 models, seed 0" in detail and "distill 268 s + eval 47 s" in detail
+    assert "`python -m experiments.dc_table --preset cpu`" in text
+    assert "dataset not available offline" in text  # a known reason (SVHN)
+    assert "mgdd_cpu.json" in text.split("## Files that could not be read")[1]
+    assert "| dc_ipc1 | 0.500 s/step | 1.000 s/step | 2.00x | >= 1x | yes |" in text
+    assert (tmp_path / "plots" / "accuracy_vs_ipc_mnist.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "accuracy_vs_time.png").stat().st_size > 0
