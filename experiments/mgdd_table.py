@@ -70,10 +70,10 @@ PRESETS = {
     ),
     "cpu": Preset(
         pairs=(("mnist", "fashion_mnist"), ("fashion_mnist", "mnist")), ipcs=(1, 10, 50), arch="ConvNetW32",
-        arch_kwargs={}, mgdd_preset="cpu", pretrain_steps=20, budget=50, baselines={"dc": (1,), "dm": (1, 10, 50), "frepo": (1,)},
+        arch_kwargs={}, mgdd_preset="cpu", pretrain_steps=20, budget=50, baselines={"dc": (1, 10), "dm": (1, 10, 50), "frepo": (1, 10)},
         baseline_options={"dc": {"batch_real": 32}, "dm": {"batch_real": 64}, "frepo": {}}, eval_models=2,
         eval_epochs=((10, 200), (100, 100), (10**9, 30)), speedup_ipc=1, speedup_iterations=(5, 10),
-        adapt_sizes=(10,), deploy_sizes=(1, 20),
+        adapt_sizes=(10, 50), deploy_sizes=(1, 20),
     ),
 }
 

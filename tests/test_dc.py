@@ -152,7 +152,7 @@ def test_presets_and_options_reach_the_config():
     )
     config = dc.config_from_request(request, dsa=True)
     assert (config.init, config.metric, config.iterations) == ("noise", "mse", 7)
-    assert config.dsa_strategy == "color_crop_cutout_scale_rotate" and config.loops == (10, 5)
+    assert config.dsa_strategy == "color_crop_cutout_scale_rotate" and config.loops == (10, 10)
     assert dc.config_from_request(request, dsa=False).dsa_strategy == ""
     assert dc.default_loops(10) == (10, 50) and dc.default_loops(1) == (1, 1)
     for name in ("dc", "dsa", "dm", "herding", "kcenter", "forgetting", "kmeans"):
