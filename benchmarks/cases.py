@@ -42,8 +42,8 @@ SIZES: dict[str, dict] = {
         "frepo": {"ipc": 10, "pool_size": 2, "batch_real": 64},
         "mgdd": {"preset": "cpu", "real_per_class": 10, "label_per_class": 10, "label_nets": 1, "inner_steps": 2,
                  "pretrain_ipcs": (1,)},
-        "eval": {"ipc": 10, "models": 2, "epochs": 3},
-        "devices": {"eval_models": 8, "eval_epochs": 1, "dc_batch_real": 4},
+        "eval": {10: {"models": 2, "epochs": 3}, 1: {"models": 10, "epochs": 10}},
+        "devices": {"eval_ipc": 10, "eval_models": 8, "eval_epochs": 1, "dc_batch_real": 4},
     },
     # A GPU host: the papers' loop sizes, 100 evaluation models of 300 epochs.
     "full": {
@@ -54,8 +54,8 @@ SIZES: dict[str, dict] = {
         "dd": {"steps": 10, "epochs": 3, "real_batch": 1024},
         "frepo": {"ipc": 10, "pool_size": 10, "batch_real": 1024},
         "mgdd": {"preset": "paper"},
-        "eval": {"ipc": 10, "models": 100, "epochs": 300},
-        "devices": {"eval_models": 16, "eval_epochs": 50, "dc_batch_real": 256},
+        "eval": {10: {"models": 100, "epochs": 300}, 1: {"models": 100, "epochs": 300}},
+        "devices": {"eval_ipc": 10, "eval_models": 16, "eval_epochs": 50, "dc_batch_real": 256},
     },
 }
 """Per mode: repeats, real images per class, test images and each benchmark's sizes."""
@@ -252,10 +252,9 @@ def eval_flops(model, protocol, num_models: int, x, y, x_test, y_test) -> float:
     return train + num_models * test
 
 
-def eval_case(mode: str, num_models: int, epochs: int, *, with_torch: bool = True, **eval_kwargs) -> Case:
+def eval_case(mode: str, ipc: int, num_models: int, epochs: int, *, with_torch: bool = True,
+              **eval_kwargs) -> Case:
     """``evaluate_synset``: ``num_models`` fresh ConvNets, ``epochs`` epochs on ``ipc`` img/cls, tested."""
-    size = SIZES[mode]
-    ipc = size["eval"]["ipc"]
     x, y, x_test, y_test = _eval_inputs(mode, ipc)
     model = convnet()
     protocol = evaluate.get_protocol("dc", epochs=epochs, augment="none")
@@ -279,8 +278,9 @@ def eval_case(mode: str, num_models: int, epochs: int, *, with_torch: bool = Tru
 
 
 def eval_cases(mode: str) -> dict[str, Case]:
-    e = SIZES[mode]["eval"]
-    return {"eval": eval_case(mode, e["models"], e["epochs"])}
+    """Evaluation by img/cls: at 1 img/cls a model's minibatch is 10 images, so per-model kernels
+    are small and training all models as one vmapped program matters most."""
+    return {f"eval_ipc{ipc}": eval_case(mode, ipc, e["models"], e["epochs"]) for ipc, e in SIZES[mode]["eval"].items()}
 
 
 # --------------------------------------------------------------------------- devices
@@ -313,7 +313,7 @@ def device_cases(mode: str, count: int) -> dict[str, Case]:
     from jaxdd import sharding
 
     d = SIZES[mode]["devices"]
-    evaluation = eval_case(mode, d["eval_models"], d["eval_epochs"], with_torch=False,
+    evaluation = eval_case(mode, d["eval_ipc"], d["eval_models"], d["eval_epochs"], with_torch=False,
                            mesh=sharding.make_mesh(data=1, model=count))
     x, y = synthetic_data(SIZES[mode]["real_per_class"])
     config = dc.DCConfig(num_classes=NUM_CLASSES, ipc=1, batch_real=d["dc_batch_real"], init="noise")

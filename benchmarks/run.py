@@ -250,7 +250,7 @@ def summarise(name: str, result: dict, info: dict) -> dict:
         return result
     jax_s = statistics.median(result["jax_s"])
     torch_s = statistics.median(result["torch_s"]) if result.get("torch_s") else None
-    family = "eval" if name == "eval" else name.split("_")[0]
+    family = name.split("_")[0]
     goal = GOALS.get(("cpu" if info["backend"] == "cpu" else "gpu", family))
     summary = {"jax_median_s": jax_s, "torch_median_s": torch_s,
                "ratio": torch_s / jax_s if torch_s else None, "goal": goal}
@@ -320,12 +320,15 @@ def cost_table(benches: dict, info: dict) -> list[str]:
 
 
 def scaling_lines(benches: dict, info: dict) -> list[str]:
-    """DC step time by img/cls, and time / throughput by device count relative to one device."""
-    lines = ["## Scaling", "", "DC outer iteration by images per class (loops as in the sizes column above):", ""]
-    for name, r in benches.items():
-        if name.startswith("dc_ipc") and "summary" in r:
-            lines.append(f"- {r['sizes']['ipc']} img/cls: JAX {r['summary']['jax_median_s']:.3f} s, "
-                         f"PyTorch {_value(r, 'torch')}")
+    """DC step time and evaluation throughput by img/cls, and both by device count relative to one device."""
+    lines = ["## Scaling"]
+    for prefix, what in (("dc_ipc", "DC outer iteration"), ("eval_ipc", "Evaluation")):
+        lines += ["", f"{what} by images per class (sizes as in the table above):", ""]
+        for name, r in benches.items():
+            if name.startswith(prefix) and "summary" in r:
+                ratio = r["summary"]["ratio"]
+                lines.append(f"- {r['sizes']['ipc']} img/cls: JAX {_value(r, 'jax')}, PyTorch {_value(r, 'torch')}"
+                             + (f" ({ratio:.2f}x)" if ratio else ""))
     devices = {n: r for n, r in benches.items() if n.startswith("devices")}
     if not devices:
         return lines
