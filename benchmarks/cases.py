@@ -215,23 +215,14 @@ def mgdd_cases(mode: str) -> dict[str, Case]:
     size = SIZES[mode]
     x, y = synthetic_data(size["real_per_class"])
     overrides = {k: v for k, v in size["mgdd"].items() if k != "preset"}
-    config = mgdd.get_config(size["mgdd"]["preset"], **overrides)
-    generator = mgdd.make_generator(IMAGE_SHAPE[-1], config.gen_width, config.gen_dilations)
-    optimizer, meta_step = mgdd.make_pretrain_step(generator, convnet(), config, NUM_CLASSES)
-    by_class = mgdd.group_by_class(jax.random.key(2), jnp.asarray(x), jnp.asarray(y), NUM_CLASSES,
-                                   config.max_per_class)
-
-    def init(key):
-        params = generator.init(key)
-        return params, optimizer.init(params)
-
-    def step(state, real, key):
-        params, opt_state, metrics = meta_step(*state, real, key)
-        return (params, opt_state), metrics
-
+    config = mgdd.default_pretrain_config(size["mgdd"]["preset"])
+    config = config._replace(holdout_per_class=min(config.holdout_per_class, size["real_per_class"] // 4), **overrides)
+    generator = mgdd.generator_from_config(IMAGE_SHAPE[-1], config)
+    method = mgdd.make_pretrain(generator, convnet(), jnp.asarray(x), jnp.asarray(y), NUM_CLASSES, config, jax.random.key(2))
     sizes = {"preset": size["mgdd"]["preset"], **overrides, "inner_steps": config.inner_steps,
              "pretrain_ipcs": list(config.pretrain_ipcs), "gen_width": config.gen_width}
-    return {"mgdd": step_case(init, step, by_class, sizes, note="no PyTorch reference (MGDD has no public code)")}
+    return {"mgdd": step_case(method.init, method.step, method.real_data, sizes,
+                              note="no PyTorch reference (MGDD has no public code)")}
 
 
 # --------------------------------------------------------------------------- evaluation

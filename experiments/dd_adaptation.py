@@ -31,7 +31,7 @@ import numpy as np
 from experiments.dd_table import pct, provenance, run_dd
 from jaxdd import coreset, data, models
 from jaxdd.evaluate import evaluate_synset, get_protocol, train_models
-from jaxdd.train import Protocol
+from jaxdd.train import CycledGD, Protocol
 from jaxdd.types import Model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -131,7 +131,7 @@ def run(direction: str, preset_name: str, data_dir, seed: int) -> dict:
     x_val, y_val, x_pool, y_pool = tgt.x_train[val], tgt.y_train[val], tgt.x_train[rest], tgt.y_train[rest]
 
     def score(s, lr, x, y):
-        protocol = get_protocol("dd", lr=lr, fixed_lr_steps=steps, epochs=epochs)
+        protocol = get_protocol("dd", lr=lr, trainer=CycledGD(steps=steps), epochs=epochs)
         return [evaluate_synset(jax.random.fold_in(key, 6), model, s.images, s.labels, x, y, protocol, num_models=1,
                                 init_params=jax.tree.map(lambda a: a[i], test_pool)).mean
                 for i in range(preset["pool_test"])]

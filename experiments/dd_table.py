@@ -34,8 +34,8 @@ import numpy as np
 from jaxdd import coreset, data, distill, models
 from jaxdd.evaluate import evaluate_synset, get_protocol
 from jaxdd.io import versions
-from jaxdd.methods import DistillRequest, get_method
-from jaxdd.train import accuracy
+from jaxdd.methods import DistillRequest, get_method, resolve_config
+from jaxdd.train import CycledGD, accuracy
 from jaxdd.types import SynSet
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -80,12 +80,14 @@ def run_dd(ds, info, model, preset: dict, preset_name: str, init: str, steps: in
     if iterations is not None:
         options.update(iterations=iterations, decay_every=preset["decay_every"])
     options.update(extra_options or {})
+    spec = get_method("dd")
+    dd_preset = "paper" if preset_name == "paper" else "cpu"
+    config = resolve_config(spec, dd_preset, ipc, info.name, options, num_classes=info.num_classes)
     request = DistillRequest(images=ds.x_train if images is None else images,
                              labels=ds.y_train if labels is None else labels,
-                             num_classes=info.num_classes, model=model, ipc=ipc,
-                             preset="paper" if preset_name == "paper" else "cpu",
-                             key=jax.random.key(seed), options=options, dataset=info.name, arch=preset["arch"])
-    method = get_method("dd").make(request)
+                             num_classes=info.num_classes, model=model, ipc=ipc, preset=dd_preset,
+                             key=jax.random.key(seed), config=config, dataset=info.name, arch=preset["arch"])
+    method = spec.make(request)
     if theta0 is not None:  # a given theta_0 (domain adaptation: a pre-trained network)
         base_init = method.init
         method = method._replace(init=lambda key: base_init(key)._replace(theta0=jax.tree.map(jnp.copy, theta0)))
@@ -151,7 +153,7 @@ def baselines_part(preset_name: str, data_dir, seed: int) -> dict:
     m = preset["eval_models"] // preset["baseline_sets"]
 
     def protocol(lr):
-        return get_protocol("dd", lr=lr, fixed_lr_steps=steps, epochs=epochs)
+        return get_protocol("dd", lr=lr, trainer=CycledGD(steps=steps), epochs=epochs)
 
     def random_set(i):
         return coreset.random_real(jax.random.fold_in(key, 1000 + i), x_pool, y_pool, c, ipc)

@@ -1,18 +1,27 @@
-"""MGDD against DC / DM / random real under the same step budget, time-to-distill, unseen sizes.
+"""MGDD against its ablations and DC / DM / FRePo at one step budget; speed-up; unseen sizes.
 
 The seed's comparison "under the same number of training/adaptation steps" (Liu & Wang,
-NeurIPS 2023; REFERENCE section 5): a generator meta-trained on a source dataset is adapted to a
-target for ``budget`` steps; DC and DM distil from scratch for ``budget`` outer iterations. All
-sets are trained on by fresh networks under one protocol (SGD, the DC evaluation family; the
-soft analytic labels of MGDD use soft cross-entropy, hard labels plain cross-entropy).
+NeurIPS 2023; REFERENCE section 5), leave-one-out over the one-channel 28x28 family: the
+generator for target T is meta-trained by ``jaxdd pretrain-generator`` on the other datasets plus
+CIFAR-10 in grayscale (``cifar10_gray28``); T's images never enter pre-training.
 
-Three measurements, one JSON file each cell (``experiments/results/mgdd_<preset>.json``):
+Sections (``--sections``, resumable: rows already in the JSON are skipped):
 
-* ``table``: per (source -> target, img/cls): random real, random real + analytic labels,
-  MGDD, DC, DM — accuracy and distillation wall time;
-* ``speedup``: DC from scratch, evaluated at growing iteration counts, against MGDD's time
-  (adaptation + deployment; pre-training reported apart, it is paid once per source);
-* ``unseen``: a generator adapted at sizes ``adapt_sizes`` deployed at other sizes.
+* ``validate``: the ridge of the analytic labels chosen on held-out *training* images of the
+  target (random real + analytic labels at 10 img/cls, accuracy on 5000 held-out train images);
+* ``pretrain``: runs ``jaxdd pretrain-generator`` for every target (``--resume``);
+* ``table``: per (target, img/cls): mgdd, mgdd_unpretrained (same adaptation), analytic_random
+  (the same initial images and analytic labels, no generator), random (the same images, hard
+  labels), dc, dm, frepo (``budget`` outer iterations from real images); the
+  ``snapshot_methods`` (cpu: DC, for the speed-up at equal accuracy) are also evaluated at the
+  ``snapshots`` iterations; the others give one point each on the accuracy-against-time plot;
+* ``unseen``: a generator adapted at ``adapt_sizes`` deployed at ``deploy_sizes``.
+
+Every cell: ``eval_models`` fresh networks; hard labels train with cross-entropy, soft labels with
+MSE (analytic labels can be negative); seconds are wall time of the distillation (MGDD: adaptation
+including the label solves and the deployment pass; compilation included; pre-training apart).
+Results: ``experiments/results/mgdd_<preset>.json`` (all rows), ``mgdd_summary.json`` (the fixed
+shape), ``mgdd_<preset>.md`` and ``mgdd_<preset>_time.png``.
 
 Run: ``python -m experiments.mgdd_table --preset cpu --data-dir ../shared/data``.
 """
@@ -31,49 +40,53 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import coreset
+from jaxdd import methods
 from jaxdd.data import load_dataset, resolve_data_dir
 from jaxdd.evaluate import evaluate_synset
+from jaxdd.io import versions
 from jaxdd.methods import DistillRequest, get_method, mgdd
 from jaxdd.models import get_model
 from jaxdd.train import Protocol
 from jaxdd.types import SynSet
-from jaxdd.io import versions
 
 from experiments.common import command_line, machine
 
+SOURCES = {"mnist": ("fashion_mnist", "usps", "cifar10_gray28"), "fashion_mnist": ("mnist", "usps", "cifar10_gray28"),
+           "digits": ("digits",)}
+METHOD_ORDER = ("mgdd", "mgdd_unpretrained", "analytic_random", "random", "dm", "frepo", "dc")
+
 
 class Preset(NamedTuple):
-    pairs: tuple  # ((source, target), ...)
+    targets: tuple
     ipcs: tuple
     arch: str
-    arch_kwargs: dict
+    arch_options: dict
     mgdd_preset: str
-    pretrain_steps: int
-    budget: int  # adaptation steps = DC / DM outer iterations
-    baselines: dict  # method -> img/cls it is run at
-    baseline_options: dict  # method -> options
+    budget: int  # adaptation steps = DC / DM / FRePo outer iterations
+    snapshots: tuple  # iterations at which the snapshot methods are also evaluated (time curves)
+    snapshot_methods: tuple  # methods evaluated at the snapshots (each snapshot costs one evaluation)
+    baselines: tuple
+    baseline_overrides: dict
     eval_models: int
     eval_epochs: tuple  # ((max_set_size, epochs), ...)
-    speedup_ipc: int
-    speedup_iterations: tuple
     adapt_sizes: tuple
     deploy_sizes: tuple
+    regs: tuple  # ridge candidates of the validation section
+    val_holdout: int  # held-out training images of the validation section
 
 
 PRESETS = {
     "smoke": Preset(
-        pairs=(("digits", "digits"),), ipcs=(1, 5), arch="ConvNet", arch_kwargs={"width": 16, "depth": 2},
-        mgdd_preset="smoke", pretrain_steps=10, budget=20, baselines={"dm": (1, 5)}, baseline_options={"dm": {}},
-        eval_models=2, eval_epochs=((10**9, 100),), speedup_ipc=1, speedup_iterations=(5, 20),
-        adapt_sizes=(5,), deploy_sizes=(1, 3),
+        targets=("digits",), ipcs=(1,), arch="ConvNet", arch_options={"width": 16, "depth": 2}, mgdd_preset="smoke",
+        budget=10, snapshots=(5,), snapshot_methods=("mgdd", "dm"), baselines=("dm",), baseline_overrides={"dm": {}}, eval_models=2,
+        eval_epochs=((10**9, 100),), adapt_sizes=(2,), deploy_sizes=(1,), regs=(1e-3, 1e-2), val_holdout=300,
     ),
     "cpu": Preset(
-        pairs=(("mnist", "fashion_mnist"), ("fashion_mnist", "mnist")), ipcs=(1, 10, 50), arch="ConvNetW32",
-        arch_kwargs={}, mgdd_preset="cpu", pretrain_steps=20, budget=50, baselines={"dc": (1, 10), "dm": (1, 10, 50), "frepo": (1, 10)},
-        baseline_options={"dc": {"batch_real": 32}, "dm": {"batch_real": 64}, "frepo": {}}, eval_models=2,
-        eval_epochs=((10, 200), (100, 100), (10**9, 30)), speedup_ipc=1, speedup_iterations=(5, 10),
-        adapt_sizes=(10, 50), deploy_sizes=(1, 20),
+        targets=("mnist", "fashion_mnist"), ipcs=(1, 10, 50), arch="ConvNetW32", arch_options={}, mgdd_preset="cpu",
+        budget=50, snapshots=(10, 25), snapshot_methods=("dc",), baselines=("dm", "frepo", "dc"),
+        baseline_overrides={"dc": {"batch_real": 32}, "dm": {"batch_real": 64}, "frepo": {}}, eval_models=10,
+        eval_epochs=((10, 200), (100, 100), (10**9, 30)), adapt_sizes=(10, 50), deploy_sizes=(1, 20),
+        regs=(1e-3, 1e-2, 1e-1), val_holdout=5000,
     ),
 }
 
@@ -81,18 +94,18 @@ PRESETS = {
 def protocol_for(preset: Preset, set_size: int, loss: str) -> Protocol:
     """DC's evaluation (SGD 0.01, momentum 0.9, wd 5e-4, batch 256, lr x0.1 at half), fewer epochs.
 
-    ``loss`` is 'ce' for hard labels and 'mse' for soft analytic labels (they have negative
-    entries, for which soft cross-entropy is unbounded below; FRePo and KIP train with MSE).
+    ``loss``: 'ce' for hard labels, 'mse' for soft analytic labels (they can be negative, for which
+    soft cross-entropy is unbounded below; FRePo and KIP train with MSE).
     """
     epochs = next(e for limit, e in preset.eval_epochs if set_size <= limit)
     return Protocol(name=f"dc-{loss}-{epochs}ep", epochs=epochs, loss=loss)
 
 
 def drive(method, key, snapshots=()):
-    """Runs an IterativeMethod like ``jaxdd.distill.run`` (one jitted step, keys ``fold_in``).
+    """Runs an IterativeMethod as ``jaxdd.distill.run`` does (one jitted step, keys ``fold_in``).
 
-    Returns ``(state, seconds, {step: (synset, seconds)})``; times exclude evaluation and
-    include compilation (which every real run pays).
+    Returns ``(state, synset, seconds, {step: (synset, seconds)})``; seconds include compilation
+    and the method's ``make`` is timed by the caller.
     """
     step = jax.jit(method.step)
     init_key, loop_key = jax.random.split(key)
@@ -100,32 +113,28 @@ def drive(method, key, snapshots=()):
     state = method.init(init_key)
     taken = {}
     for i in range(method.num_steps):
-        state, metrics = step(state, method.real_data, jax.random.fold_in(loop_key, i))
+        state, _ = step(state, method.real_data, jax.random.fold_in(loop_key, i))
         if i + 1 in snapshots:
-            jax.block_until_ready(state)
-            taken[i + 1] = (method.to_synset(state), time.perf_counter() - start)
+            synset = method.to_synset(state)
+            jax.block_until_ready(synset)
+            taken[i + 1] = (synset, time.perf_counter() - start)
     synset = method.to_synset(state)
     jax.block_until_ready(synset)
     return state, synset, time.perf_counter() - start, taken
 
 
-def evaluate(preset, model, synset, ds, key, loss=None):
-    loss = loss or ("mse" if synset.labels.ndim == 2 else "ce")
-    protocol = protocol_for(preset, int(synset.images.shape[0]), loss)
-    result = evaluate_synset(key, model, synset.images, synset.labels, ds.x_test, ds.y_test, protocol, preset.eval_models)
-    return {**result.as_dict(), "protocol": dataclasses.asdict(protocol)}
-
-
 class Recorder:
-    """Appends rows to a JSON file after every cell (a killed run keeps what it measured)."""
+    """Rows in a JSON file, rewritten atomically after every row (a killed run keeps what it measured)."""
+
+    SECTIONS = ("validate", "pretrain", "table", "unseen")
 
     def __init__(self, path: str, header: dict):
         self.path = path
-        self.data = {"header": header, "table": [], "speedup": [], "unseen": [], "pretrain": []}
+        self.data = {"header": header, **{k: [] for k in self.SECTIONS}}
         if os.path.exists(path):
             with open(path) as f:
                 old = json.load(f)
-            for k in ("table", "speedup", "unseen", "pretrain"):
+            for k in self.SECTIONS:
                 self.data[k] = old.get(k, [])
 
     def done(self, section: str, **match) -> bool:
@@ -137,7 +146,7 @@ class Recorder:
         with open(tmp, "w") as f:
             json.dump(self.data, f, indent=1)
         os.replace(tmp, self.path)
-        print(json.dumps({section: {k: v for k, v in row.items() if k not in ("accs", "protocol")}}), flush=True)
+        print(json.dumps({section: {k: v for k, v in row.items() if k not in ("accs", "protocol", "snapshots")}}), flush=True)
 
 
 def main(argv=None) -> None:
@@ -145,186 +154,248 @@ def main(argv=None) -> None:
     parser.add_argument("--preset", default="smoke", choices=sorted(PRESETS))
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=None, help="results JSON (default experiments/results/mgdd_<preset>.json)")
-    parser.add_argument("--generators", default=None, help="where generators are kept (default runs/mgdd_generators)")
-    parser.add_argument("--sections", default="table,unseen,speedup")
-    parser.add_argument("--pairs", default=None, help="e.g. mnist:fashion_mnist (default: the preset's)")
+    parser.add_argument("--generators", default=os.path.join("runs", "mgdd_generators"))
+    parser.add_argument("--sections", default="validate,pretrain,table,unseen")
+    parser.add_argument("--targets", default=None, help="e.g. mnist (default: the preset's)")
     parser.add_argument("--ipcs", default=None, help="e.g. 1,10 (default: the preset's)")
+    parser.add_argument("--methods", default=None, help="subset of " + ",".join(METHOD_ORDER))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
-    pairs = tuple(tuple(p.split(":")) for p in args.pairs.split(",")) if args.pairs else preset.pairs
+    targets = tuple(args.targets.split(",")) if args.targets else preset.targets
+    ipcs = tuple(int(v) for v in args.ipcs.split(",")) if args.ipcs else preset.ipcs
+    wanted = tuple(args.methods.split(",")) if args.methods else METHOD_ORDER
     sections = args.sections.split(",")
     out = args.out or os.path.join("experiments", "results", f"mgdd_{args.preset}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    header = {
-        "experiment": "mgdd_table", "preset": args.preset, "preset_config": preset._asdict(), "seed": args.seed,
-        "mgdd_config": mgdd.get_config(preset.mgdd_preset, pretrain_steps=preset.pretrain_steps)._asdict(),
-        "command": command_line(), "versions": versions(), "machine": machine(),
-    }
+    header = {"experiment": "mgdd_table", "preset": args.preset, "preset_config": preset._asdict(), "seed": args.seed,
+              "mgdd_config": methods.config_to_dict(mgdd.default_config(preset.mgdd_preset, 1, "")),
+              "pretrain_config": methods.config_to_dict(mgdd.default_pretrain_config(preset.mgdd_preset)),
+              "command": command_line(), "versions": versions(), "machine": machine()}
     rec = Recorder(out, header)
     data_dir = resolve_data_dir(args.data_dir)
-    gen_root = args.generators or os.path.join("runs", "mgdd_generators")
     key = jax.random.key(args.seed)
-    datasets = {}
 
-    def dataset(name):
-        if name not in datasets:
-            datasets[name] = load_dataset(name, data_dir=data_dir)
-        return datasets[name]
-
-    def feature_model(ds):
+    for target in targets:
+        ds = load_dataset(target, data_dir=data_dir)
         info = ds.info
-        return get_model(preset.arch, info.image_shape, info.num_classes, **preset.arch_kwargs)
+        model = get_model(preset.arch, info.image_shape, info.num_classes, **preset.arch_options)
+        gen_dir = os.path.join(args.generators, f"{args.preset}-for-{target}")
 
-    def generator_dir(source):
-        path = os.path.join(gen_root, f"{args.preset}-{source}-seed{args.seed}")
-        if not os.path.isdir(path):
-            ds = dataset(source)
-            config = mgdd.get_config(preset.mgdd_preset, pretrain_steps=preset.pretrain_steps)
-            gen = mgdd.make_generator(ds.info.image_shape[-1], config.gen_width, config.gen_dilations)
-            start = time.perf_counter()
-            params, history = mgdd.pretrain(jax.random.fold_in(key, 7), gen, feature_model(ds), ds.x_train, ds.y_train,
-                                            ds.info.num_classes, config, log_every=50)
-            wall = time.perf_counter() - start
-            mgdd.save_generator(path, params, {
-                "generator": {"channels": ds.info.image_shape[-1], "width": config.gen_width, "dilations": list(config.gen_dilations)},
-                "source": source, "preset": preset.mgdd_preset, "arch": preset.arch, "pretrain_steps": config.pretrain_steps,
-                "wall_seconds": wall, "history": history,
-            })
-            rec.add("pretrain", {"source": source, "steps": config.pretrain_steps, "seconds": wall, "history": history})
-        return path
+        def evaluate(synset, k_eval, loss=None, test=(ds.x_test, ds.y_test)):
+            loss = loss or ("mse" if synset.labels.ndim == 2 else "ce")
+            protocol = protocol_for(preset, int(synset.images.shape[0]), loss)
+            result = evaluate_synset(k_eval, model, synset.images, synset.labels, test[0], test[1], protocol, preset.eval_models)
+            return {**result.as_dict(), "protocol": dataclasses.asdict(protocol)}
 
-    def request(ds, ipc, k, options):
-        return DistillRequest(images=ds.x_train, labels=ds.y_train, num_classes=ds.info.num_classes, model=feature_model(ds),
-                              ipc=ipc, preset=preset.mgdd_preset, key=k, options=options, dataset=ds.info.name, arch=preset.arch)
+        def mgdd_config(ipc, **changes):
+            return mgdd.default_config(preset.mgdd_preset, ipc, target)._replace(**{"reg": chosen_reg(), **changes})
 
-    def run_mgdd(source, ds, ipc, adapt_ipcs, k, steps=None):
-        method = mgdd.make(request(ds, ipc, k, {"generator": generator_dir(source), "adapt_steps": steps or preset.budget,
-                                                "adapt_ipcs": ",".join(map(str, adapt_ipcs))}))
-        start = time.perf_counter()
-        state, synset, seconds, _ = drive(method, jax.random.fold_in(k, 1))
-        return method, state, synset, seconds, start
+        def chosen_reg():
+            rows = [r for r in rec.data["validate"] if r["target"] == target]
+            return max(rows, key=lambda r: r["mean"])["reg"] if rows else mgdd.default_config(preset.mgdd_preset, 1, target).reg
 
-    for source, target in pairs:
-        ds = dataset(target)
-        model = feature_model(ds)
-        ipcs = tuple(int(v) for v in args.ipcs.split(",")) if args.ipcs else preset.ipcs
-        for ipc in ipcs if "table" in sections else ():
-            cell = {"source": source, "target": target, "ipc": ipc}
-            k = jax.random.fold_in(jax.random.fold_in(key, ipc), zlib.crc32(target.encode()) % 1000)
-            k_eval = jax.random.fold_in(k, 99)
-            if not rec.done("table", **cell, method="mgdd"):
-                generator_dir(source)
-                method, state, synset, seconds, _ = run_mgdd(source, ds, ipc, (ipc,), k)
-                x_init = method.real_data.pools[0][0][0]
-                hard = coreset.class_sorted_labels(ds.info.num_classes, ipc)
-                rows = {
-                    "random": (SynSet(x_init, hard), 0.0),
-                    "random+analytic": (SynSet(x_init, synset.labels), 0.0),
-                    "mgdd": (synset, seconds),
-                }
-                rows["random (mse)"] = rows["random"]
-                for name, (s, secs) in rows.items():
-                    loss = "mse" if name == "random (mse)" else None
-                    rec.add("table", {**cell, "method": name, "steps": preset.budget if name == "mgdd" else 0,
-                                      "seconds": secs, **evaluate(preset, model, s, ds, k_eval, loss)})
-            for baseline, baseline_ipcs in preset.baselines.items():
-                if ipc not in baseline_ipcs or rec.done("table", **cell, method=baseline):
+        def request(ipc, k, config, images=ds.x_train, labels=ds.y_train):
+            return DistillRequest(images=images, labels=labels, num_classes=info.num_classes, model=model, ipc=ipc,
+                                  preset=preset.mgdd_preset, key=k, config=config, dataset=target, arch=preset.arch)
+
+        if "validate" in sections:
+            # Held-out *training* images: the last val_holdout of a fixed permutation of the train split.
+            perm = jax.random.permutation(jax.random.fold_in(key, 77), ds.x_train.shape[0])
+            fit, held = perm[: -preset.val_holdout], perm[-preset.val_holdout:]
+            for reg in preset.regs:
+                if rec.done("validate", target=target, reg=reg):
                     continue
-                options = {"iterations": preset.budget, **preset.baseline_options[baseline]}
-                made = get_method(baseline).make(request(ds, ipc, k, options))
-                _, synset, seconds, _ = drive(made, jax.random.fold_in(k, 1))
-                rec.add("table", {**cell, "method": baseline, "steps": preset.budget, "seconds": seconds,
-                                  **evaluate(preset, model, synset, ds, k_eval)})
+                k = jax.random.fold_in(key, 31)
+                method = mgdd.make(request(10, k, mgdd_config(10, reg=reg, adapt_steps=0), ds.x_train[fit], ds.y_train[fit]))
+                x_init = method.real_data.pools[0][0][0]
+                synset = SynSet(x_init, method.to_synset(method.init(k)).labels)
+                rec.add("validate", {"target": target, "reg": reg, "ipc": 10, "method": "analytic_random",
+                                     "split": f"{preset.val_holdout} held-out training images",
+                                     **evaluate(synset, jax.random.fold_in(k, 1), test=(ds.x_train[held], ds.y_train[held]))})
 
-        if "speedup" in sections and not rec.done("speedup", source=source, target=target):
-            ipc = preset.speedup_ipc
+        if "pretrain" in sections and not rec.done("pretrain", target=target):
+            from jaxdd.cli import main as jaxdd_main
+
+            argv = ["pretrain-generator", "--sources", ",".join(SOURCES[target]), "--preset", preset.mgdd_preset,
+                    "--out", gen_dir, "--resume", "--no-progress", "--seed", str(args.seed)]
+            if args.data_dir:
+                argv += ["--data-dir", args.data_dir]
+            if jaxdd_main(argv) != 0:
+                raise SystemExit(f"pre-training for {target} failed")
+        if os.path.isfile(os.path.join(gen_dir, mgdd.PRETRAIN_CURVE)) and not rec.done("pretrain", target=target):
+            with open(os.path.join(gen_dir, "generator.json")) as f:
+                gmeta = json.load(f)
+            rec.add("pretrain", {"target": target, "sources": gmeta.get("sources"), "generator_dir": gen_dir,
+                                 **gmeta["pretrain_result"], "command": "jaxdd pretrain-generator --sources "
+                                 f"{','.join(SOURCES[target])} --preset {preset.mgdd_preset} --out {gen_dir} --resume"})
+
+        for ipc in ipcs if "table" in sections else ():
+            cell = {"target": target, "ipc": ipc}
             k = jax.random.fold_in(jax.random.fold_in(key, ipc), zlib.crc32(target.encode()) % 1000)
             k_eval = jax.random.fold_in(k, 99)
-            name = "dc" if "dc" in preset.baselines else next(iter(preset.baselines))
-            options = {"iterations": max(preset.speedup_iterations), **preset.baseline_options[name]}
-            made = get_method(name).make(request(ds, ipc, k, options))
-            _, _, _, snaps = drive(made, jax.random.fold_in(k, 1), snapshots=set(preset.speedup_iterations))
-            for it, (synset, seconds) in sorted(snaps.items()):
-                rec.add("speedup", {"source": source, "target": target, "ipc": ipc, "method": name,
-                                    "iterations": it, "seconds": seconds, **evaluate(preset, model, synset, ds, k_eval)})
-        if "unseen" in sections and not rec.done("unseen", source=source, target=target):
+            snaps = tuple(s for s in preset.snapshots if s < preset.budget)
+
+            def add_iterative(name, made, make_seconds, extra=None):
+                _, synset, seconds, taken = drive(made, jax.random.fold_in(k, 1), snaps if name in preset.snapshot_methods else ())
+                snapshots = [{"iterations": it, "seconds": secs + make_seconds, **evaluate(s, k_eval)} for it, (s, secs) in sorted(taken.items())]
+                rec.add("table", {**cell, "method": name, "steps": preset.budget, "seconds": seconds + make_seconds,
+                                  "snapshots": snapshots, **(extra or {}), **evaluate(synset, k_eval)})
+                return synset
+
+            for name, generator in (("mgdd", gen_dir), ("mgdd_unpretrained", "")):
+                if name not in wanted or rec.done("table", **cell, method=name):
+                    continue
+                if generator and not os.path.isfile(os.path.join(generator, "generator.json")):
+                    print(f"skipping {name} {cell}: no generator at {generator}", flush=True)
+                    continue
+                start = time.perf_counter()
+                made = mgdd.make(request(ipc, k, mgdd_config(ipc, generator=generator, adapt_steps=preset.budget)))
+                jax.block_until_ready(made.real_data)
+                synset = add_iterative(name, made, time.perf_counter() - start, {"reg": chosen_reg()})
+                if name == "mgdd":
+                    x_init = made.real_data.pools[0][0][0]  # the deployed set's initial images
+                    for base, s in (("analytic_random", SynSet(x_init, synset.labels)),
+                                    ("random", SynSet(x_init, jnp.repeat(jnp.arange(info.num_classes), ipc)))):
+                        if base in wanted and not rec.done("table", **cell, method=base):
+                            rec.add("table", {**cell, "method": base, "steps": 0, "seconds": 0.0, **evaluate(s, k_eval)})
+            for name in preset.baselines:
+                if name not in wanted or rec.done("table", **cell, method=name):
+                    continue
+                spec = get_method(name)
+                config = methods.resolve_config(spec, preset.mgdd_preset, ipc, target,
+                                                {"iterations": preset.budget, **preset.baseline_overrides[name]},
+                                                num_classes=info.num_classes)
+                start = time.perf_counter()
+                made = spec.make(request(ipc, k, config))
+                add_iterative(name, made, time.perf_counter() - start)
+            write_outputs(rec.data, out)
+
+        if "unseen" in sections and not rec.done("unseen", target=target) and os.path.isfile(os.path.join(gen_dir, "generator.json")):
             k = jax.random.fold_in(key, 555)
-            method, state, _, seconds, _ = run_mgdd(source, ds, preset.adapt_sizes[0], preset.adapt_sizes, k)
+            start = time.perf_counter()
+            made = mgdd.make(request(preset.adapt_sizes[0], k, mgdd_config(preset.adapt_sizes[0], generator=gen_dir,
+                                                                          adapt_steps=preset.budget, adapt_ipcs=preset.adapt_sizes)))
+            state, _, _, _ = drive(made, jax.random.fold_in(k, 1))
+            seconds = time.perf_counter() - start  # label solves + adaptation
+            generator = mgdd.load_generator(gen_dir)[0]
             for size in preset.deploy_sizes:
                 k_dep = jax.random.fold_in(k, size)
-                start = time.perf_counter()
-                generator = mgdd.load_generator(generator_dir(source))[0]  # the adapted generator's architecture
-                synset = mgdd.generate(generator, state.params, model, method.real_data, k_dep, size)
+                t0 = time.perf_counter()
+                synset = mgdd.generate(generator, state.params, model, made.real_data, k_dep, size)
                 jax.block_until_ready(synset)
-                deploy_s = time.perf_counter() - start
-                x_init = mgdd.initial_set(k_dep, method.real_data.by_class, size)
-                hard = coreset.class_sorted_labels(ds.info.num_classes, size)
+                deploy_s = time.perf_counter() - t0
+                x_init = mgdd.initial_set(k_dep, made.real_data.pool, size)
                 k_eval = jax.random.fold_in(k, 1000 + size)
-                for name, s in (("mgdd", synset), ("random", SynSet(x_init, hard))):
-                    rec.add("unseen", {"source": source, "target": target, "adapt_sizes": list(preset.adapt_sizes), "deploy_ipc": size,
+                for name, s in (("mgdd", synset), ("analytic_random", SynSet(x_init, synset.labels))):
+                    rec.add("unseen", {"target": target, "adapt_sizes": list(preset.adapt_sizes), "deploy_ipc": size,
                                        "seen": size in preset.adapt_sizes, "method": name, "adapt_seconds": seconds,
-                                       "deploy_seconds": deploy_s if name == "mgdd" else 0.0, **evaluate(preset, model, s, ds, k_eval)})
+                                       "deploy_seconds": deploy_s if name == "mgdd" else 0.0, **evaluate(s, k_eval)})
+    write_outputs(rec.data, out)
 
-    write_markdown(rec.data, out[: -len(".json")] + ".md", command_line())
+
+def speedups(data: dict) -> dict:
+    """``{"<target>/<ipc>": DC seconds to reach MGDD's mean accuracy / MGDD seconds}`` (None: DC never did)."""
+    out = {}
+    rows = data["table"]
+    for r in rows:
+        if r["method"] != "mgdd":
+            continue
+        dc = [d for d in rows if d["method"] == "dc" and d["target"] == r["target"] and d["ipc"] == r["ipc"]]
+        if not dc:
+            continue
+        points = sorted([(s["iterations"], s["seconds"], s["mean"]) for s in dc[0]["snapshots"]] + [(dc[0]["steps"], dc[0]["seconds"], dc[0]["mean"])])
+        reached = next((secs for _, secs, mean in points if mean >= r["mean"]), None)
+        out[f"{r['target']}/{r['ipc']}"] = None if reached is None else reached / r["seconds"]
+    return out
+
+
+def summary(data: dict) -> dict:
+    """The fixed-shape summary: pretrain figures per target, one row per cell, speed-ups."""
+    return {
+        "pretrain": {r["target"]: {"heldout_loss_start": r["heldout_loss_start"], "heldout_loss_end": r["heldout_loss_end"],
+                                   "iterations": r["iterations"], "seconds": r["seconds"]} for r in data["pretrain"]},
+        "cells": [{"target": r["target"], "ipc": r["ipc"], "method": r["method"], "accs": r["accs"], "seconds": r["seconds"],
+                   "protocol": f"{r['protocol']['name']} ({'MSE on soft labels' if r['protocol']['loss'] == 'mse' else 'cross-entropy on hard labels'}), "
+                               f"{len(r['accs'])} fresh {data['header']['preset_config']['arch']}"} for r in data["table"]],
+        "speedup": speedups(data),
+    }
 
 
 def _acc(row):
     return f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f}"
 
 
-def write_markdown(data: dict, path: str, command: str) -> None:
-    """Tables of the JSON results (accuracy mean ± population std over the evaluation models, %)."""
+def write_outputs(data: dict, out: str) -> None:
+    """``mgdd_summary.json`` (beside ``out``), the Markdown tables and the accuracy-against-time PNG."""
+    folder = os.path.dirname(out)
+    stem = out[: -len(".json")]
+    with open(os.path.join(folder, "mgdd_summary.json" if data["header"]["preset"] == "cpu" else f"mgdd_summary_{data['header']['preset']}.json"), "w") as f:
+        json.dump(summary(data), f, indent=1)
     header = data["header"]
-    epochs = header["preset_config"]["eval_epochs"]
-    lines = [f"# MGDD results ({header['preset']} preset)", "", f"Command: `{command}`", "",
-             f"Accuracy (%) on the real test set, mean ± population std over {header['preset_config']['eval_models']} "
-             f"fresh {header['preset_config']['arch']} networks; SGD lr 0.01, momentum 0.9, wd 5e-4, batch 256, lr x0.1 at "
-             f"half; epochs by set size {epochs}. Hard-label sets train with cross-entropy; soft-label sets (mgdd, "
-             "random+analytic, frepo) and 'random (mse)' with MSE. Seconds: distillation wall time including compilation.", ""]
+    lines = [f"# MGDD results ({header['preset']} preset)", "", f"Command: `{header['command']}`", "",
+             f"Accuracy (%) on the real test set, mean ± population std over {header['preset_config']['eval_models']} fresh "
+             f"{header['preset_config']['arch']} networks; SGD lr 0.01, momentum 0.9, wd 5e-4, batch 256, lr x0.1 at half; "
+             f"epochs by set size {header['preset_config']['eval_epochs']}. Hard labels: cross-entropy; soft labels (mgdd, "
+             "mgdd_unpretrained, analytic_random, frepo): MSE. Seconds: distillation wall time (MGDD: adaptation with label "
+             "solves and deployment), compilation included, on 2 CPU cores shared with other jobs.", ""]
+    if data["validate"]:
+        lines += ["## Ridge chosen on held-out training images", "", "| target | reg | accuracy (held-out train) |", "|---|---|---|"]
+        lines += [f"| {r['target']} | {r['reg']:g} | {_acc(r)} |" for r in data["validate"]] + [""]
+    for r in data["pretrain"]:
+        lines.append(f"Pre-training for {r['target']} on {'+'.join(r['sources'] or [])}: {r['iterations']} meta-iterations, "
+                     f"{r['seconds']:.0f} s; held-out meta-loss {r['heldout_loss_start']:.4f} -> {r['heldout_loss_end']:.4f} "
+                     f"(no generator {r['identity_loss']:.4f}).")
     table = data["table"]
     if table:
-        methods = list(dict.fromkeys(r["method"] for r in table))
-        lines += ["## Same step budget", "", "| source -> target | img/cls | " + " | ".join(methods) + " |",
-                  "|---|---|" + "---|" * len(methods)]
-        for cell in dict.fromkeys((r["source"], r["target"], r["ipc"]) for r in table):
-            rows = {r["method"]: r for r in table if (r["source"], r["target"], r["ipc"]) == cell}
-            vals = [f"{_acc(rows[m])} ({rows[m]['seconds']:.0f} s)" if m in rows else "-" for m in methods]
-            lines.append(f"| {cell[0]} -> {cell[1]} | {cell[2]} | " + " | ".join(vals) + " |")
-        lines.append("")
-    if data["speedup"]:
-        lines += ["## DC from scratch against MGDD (time to similar accuracy)", "",
-                  "| target | img/cls | method | iterations | seconds | accuracy |", "|---|---|---|---|---|---|"]
-        for r in data["speedup"]:
-            lines.append(f"| {r['target']} | {r['ipc']} | {r['method']} | {r['iterations']} | {r['seconds']:.0f} | {_acc(r)} |")
-        lines.append("")
-        for target, ipc in dict.fromkeys((r["target"], r["ipc"]) for r in data["speedup"]):
-            ours = [r for r in table if r["target"] == target and r["ipc"] == ipc and r["method"] == "mgdd"]
-            if not ours:
-                continue
-            ours = ours[0]
-            runs = sorted((r for r in data["speedup"] if r["target"] == target and r["ipc"] == ipc), key=lambda r: r["iterations"])
-            reached = next((r for r in runs if r["mean"] >= ours["mean"]), None)
-            text = (f"MGDD on {target} at {ipc} img/cls: {_acc(ours)} in {ours['seconds']:.0f} s. ")
-            if reached is None:
-                text += "DC from scratch did not reach it within the snapshots."
-            else:
-                text += (f"DC from scratch first matches it at {reached['iterations']} iterations ({reached['seconds']:.0f} s): "
-                         f"speed-up {reached['seconds'] / ours['seconds']:.2f}x (the paper claims about 22x).")
-            lines += [text, ""]
+        present = [m for m in METHOD_ORDER if any(r["method"] == m for r in table)]
+        lines += ["", "## Same step budget", "", "| target | img/cls | " + " | ".join(present) + " |", "|---|---|" + "---|" * len(present)]
+        for cell in dict.fromkeys((r["target"], r["ipc"]) for r in table):
+            rows = {r["method"]: r for r in table if (r["target"], r["ipc"]) == cell}
+            vals = [f"{_acc(rows[m])} ({rows[m]['seconds']:.0f} s)" if m in rows else "-" for m in present]
+            lines.append(f"| {cell[0]} | {cell[1]} | " + " | ".join(vals) + " |")
+        lines += ["", "Speed-up at equal accuracy (DC seconds to reach MGDD's mean / MGDD seconds): "
+                  + json.dumps(speedups(data)), ""]
     if data["unseen"]:
-        lines += ["## Deployment at sizes not seen in adaptation", "",
-                  "| source -> target | adapted at | deployed at | seen | MGDD | random real |", "|---|---|---|---|---|---|"]
-        for cell in dict.fromkeys((r["source"], r["target"], r["deploy_ipc"]) for r in data["unseen"]):
-            rows = {r["method"]: r for r in data["unseen"] if (r["source"], r["target"], r["deploy_ipc"]) == cell}
+        lines += ["## Deployment at sizes not seen in adaptation", "", "| target | adapted at | deployed at | mgdd | analytic_random |", "|---|---|---|---|---|"]
+        for cell in dict.fromkeys((r["target"], r["deploy_ipc"]) for r in data["unseen"]):
+            rows = {r["method"]: r for r in data["unseen"] if (r["target"], r["deploy_ipc"]) == cell}
             any_row = next(iter(rows.values()))
-            lines.append(f"| {cell[0]} -> {cell[1]} | {any_row['adapt_sizes']} | {cell[2]} | {any_row['seen']} | "
-                         f"{_acc(rows['mgdd']) if 'mgdd' in rows else '-'} | {_acc(rows['random']) if 'random' in rows else '-'} |")
-        lines.append("")
-    for r in data["pretrain"]:
-        lines.append(f"Pre-training on {r['source']}: {r['steps']} meta-iterations, {r['seconds']:.0f} s.")
-    with open(path, "w") as f:
+            lines.append(f"| {cell[0]} | {any_row['adapt_sizes']} | {cell[1]} | "
+                         f"{_acc(rows['mgdd']) if 'mgdd' in rows else '-'} | {_acc(rows['analytic_random']) if 'analytic_random' in rows else '-'} |")
+    with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
+    _plot_time(table, stem + "_time.png")
+
+
+def _plot_time(table: list, path: str) -> None:
+    """Accuracy against wall time for the iterative methods, one panel per (target, img/cls)."""
+    cells = list(dict.fromkeys((r["target"], r["ipc"]) for r in table))
+    if not cells:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(cells), figsize=(4 * len(cells), 3.2), squeeze=False)
+    for ax, cell in zip(axes[0], cells):
+        for r in table:
+            if (r["target"], r["ipc"]) != cell or "snapshots" not in r:
+                continue
+            pts = [(s["seconds"], s["mean"]) for s in r["snapshots"]] + [(r["seconds"], r["mean"])]
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=r["method"])
+        for r in table:
+            if (r["target"], r["ipc"]) == cell and r["method"] == "analytic_random":
+                ax.axhline(100 * r["mean"], color="gray", linestyle="--", label="analytic_random")
+        ax.set_xscale("log")
+        ax.set_xlabel("wall seconds (log)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{cell[0]}, {cell[1]} img/cls", fontsize=9)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,16 @@
 The public API in one screen; every name below is a pure function or a small data type.
 """
 
-from jaxdd import augment, coreset, krr, sharding
+from jaxdd import augment, coreset, krr, sampling, sharding
 from jaxdd.augment import dsa, dsa_strategy
 from jaxdd.coreset import class_mean, herding, kcenter, random_real
-from jaxdd.data import DATASETS, Dataset, DatasetInfo, load_dataset, sample_batch, sample_class, sample_per_class
+from jaxdd.data import DATASETS, Dataset, DatasetInfo, load_dataset
 from jaxdd.distill import NonFiniteError, run
 from jaxdd.evaluate import PROTOCOLS, EvalResult, evaluate_synset, get_protocol, train_models
 from jaxdd.krr import analytic_labels, krr_loss, ridge_solve
 from jaxdd.io import SynSetError, load_synset, save_synset
-from jaxdd.methods import METHODS, DistillRequest, IterativeMethod, MethodSpec, get_method, register
+from jaxdd.methods import METHODS, DistillRequest, IterativeMethod, MethodSpec, get_method, register, resolve_config
+from jaxdd.sampling import RealByClass, group_by_class, sample_batch, sample_per_class
 from jaxdd.sharding import make_mesh
 from jaxdd.models import ARCHITECTURES, from_functions, from_linen, from_nnx, get_model
 from jaxdd.train import Protocol, accuracy, loss_fn, train_on_set
@@ -35,6 +36,7 @@ __all__ = [
     "Params",
     "PRNGKey",
     "Protocol",
+    "RealByClass",
     "SynSet",
     "SynSetError",
     "accuracy",
@@ -51,6 +53,7 @@ __all__ = [
     "get_method",
     "get_model",
     "get_protocol",
+    "group_by_class",
     "herding",
     "kcenter",
     "krr",
@@ -61,11 +64,12 @@ __all__ = [
     "make_mesh",
     "random_real",
     "register",
+    "resolve_config",
     "ridge_solve",
     "run",
     "sample_batch",
-    "sample_class",
     "sample_per_class",
+    "sampling",
     "save_synset",
     "sharding",
     "train_models",

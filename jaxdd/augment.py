@@ -12,8 +12,10 @@ Two families live here:
   (bilinear resampling, masks, affine colour maps), so gradients flow to the images.
   With ``per_sample=True`` each image gets its own parameters (evaluation, ``AUGMENTATIONS['dsa']``).
 * **DC's MNIST evaluation augmentation** (``AUGMENTATIONS['dc_mnist']``, Zhao et al. ICLR 2021,
-  ``utils.augment``): per image, one of crop (4 px shift, mean fill), scale (each axis
-  x U(0.8, 1.2), zero fill), rotate (integer degrees in [-45, 45), mean fill) or noise (std 0.001).
+  ``utils.augment`` with ``get_daparam``'s MNIST strategy 'crop_scale_rotate'): per image, one of
+  crop (4 px shift, mean fill), scale (each axis x U(0.8, 1.2), zero fill) or rotate (integer
+  degrees in [-45, 45), mean fill). ``AUGMENTATIONS['dc_mnist_noise']`` adds the reference's
+  fourth family, noise (std 0.001), to the draw; the reference never uses it for MNIST.
 
 Images are NHWC in the dataset's normalised space, as everywhere in jaxdd. A single image
 (H, W, C) is accepted too.
@@ -240,30 +242,55 @@ def dsa(
     return jax.vmap(apply, in_axes=(None, 0))(sample(param_key), x)
 
 
-def dc_mnist_augment(key: PRNGKey, x: Array, crop: int = 4, scale: float = 0.2, rotate: int = 45, noise: float = 0.001) -> Array:
-    """DC's evaluation augmentation for MNIST: one random transform per image (``utils.augment``).
+DC_FAMILIES: tuple[str, ...] = ("crop", "scale", "rotate", "noise")
+"""The transform families of DC's ``utils.augment``, in the reference's order."""
 
-    Per image, uniformly one of: crop (shift by an integer in [-crop, crop) per axis, the uncovered
-    border filled with the batch's channel mean), scale (height and width each by
+DC_MNIST_STRATEGY = "crop_scale_rotate"
+"""The reference's MNIST evaluation strategy (``get_daparam``): no noise."""
+
+
+def dc_mnist_augment(
+    key: PRNGKey,
+    x: Array,
+    crop: int = 4,
+    scale: float = 0.2,
+    rotate: int = 45,
+    noise: float = 0.001,
+    *,
+    strategy: str = DC_MNIST_STRATEGY,
+) -> Array:
+    """DC's evaluation augmentation: one random transform per image (``utils.augment``).
+
+    Per image, uniformly one family of ``strategy`` (families joined by '_', from
+    :data:`DC_FAMILIES`): crop (shift by an integer in [-crop, crop) per axis, the uncovered border
+    filled with the batch's channel mean), scale (height and width each by
     U(1 - scale, 1 + scale) about the centre, zero fill), rotate (integer degrees in
-    [-rotate, rotate), mean fill) and noise (Gaussian, std ``noise``); the reference's MNIST
-    strategy is 'crop_scale_rotate_noise'. Resampling is bilinear (the reference uses nearest
-    resizing for scale and cubic splines for rotation).
+    [-rotate, rotate), mean fill) or noise (Gaussian, std ``noise``). The default is the
+    reference's MNIST strategy 'crop_scale_rotate' (``get_daparam``); 'crop_scale_rotate_noise'
+    draws noise for a quarter of the images instead. Resampling is bilinear (the reference uses
+    nearest resizing for scale and cubic splines for rotation).
 
     Args:
         key: typed key.
         x: (N, H, W, C) or (H, W, C) images.
+        crop, scale, rotate, noise: ranges of the families.
+        strategy: the families to draw from.
 
     Returns:
         Augmented images of the same shape.
     """
     if x.ndim == 3:
-        return dc_mnist_augment(key, x[None], crop, scale, rotate, noise)[0]
+        return dc_mnist_augment(key, x[None], crop, scale, rotate, noise, strategy=strategy)[0]
+    names = tuple(strategy.split("_"))
+    unknown = [n for n in names if n not in DC_FAMILIES]
+    if unknown or not names:
+        raise ValueError(f"unknown DC augmentation families {unknown}; known: {', '.join(DC_FAMILIES)}")
+    family_ids = jnp.array([DC_FAMILIES.index(n) for n in names], jnp.int32)
     channel_mean = x.mean(axis=(0, 1, 2))  # (C,)
 
     def one(k, image):
         kc, kr, ks, ka, kn = jax.random.split(k, 5)
-        choice = jax.random.randint(kc, (), 0, 4)  # 0 crop, 1 scale, 2 rotate, 3 noise
+        choice = family_ids[jax.random.randint(kc, (), 0, len(names))]  # 0 crop, 1 scale, 2 rotate, 3 noise
         shift = jax.random.randint(kr, (2,), -crop, crop).astype(jnp.float32)
         factors = jax.random.uniform(ks, (2,), minval=1.0 - scale, maxval=1.0 + scale)
         angle = jax.random.randint(ka, (), -rotate, rotate).astype(jnp.float32) * (math.pi / 180.0)
@@ -280,6 +307,11 @@ def dc_mnist_augment(key: PRNGKey, x: Array, crop: int = 4, scale: float = 0.2, 
     return jax.vmap(one)(jax.random.split(key, x.shape[0]), x)
 
 
+def _dc_with_noise(key: PRNGKey, x: Array) -> Array:
+    """DC's augmentation with the noise family added ('crop_scale_rotate_noise')."""
+    return dc_mnist_augment(key, x, strategy="crop_scale_rotate_noise")
+
+
 def _dsa_per_sample(strategy: str) -> Callable[[PRNGKey, Array], Array]:
     def augment(key: PRNGKey, x: Array) -> Array:
         return dsa(key, x, strategy, per_sample=True)
@@ -290,16 +322,20 @@ def _dsa_per_sample(strategy: str) -> Callable[[PRNGKey, Array], Array]:
 
 AUGMENTATIONS: dict[str, Callable[[PRNGKey, Array], Array]] = {
     "dc_mnist": dc_mnist_augment,
+    "dc_mnist_noise": _dc_with_noise,
     "dsa": _dsa_per_sample(DEFAULT_STRATEGY),
     "dsa_noflip": _dsa_per_sample(DSA_STRATEGIES["mnist"]),
 }
 """Per-sample augmentations ``f(key, x) -> x`` that evaluation protocols name: 'dc_mnist' (DC's
-MNIST augmentation), 'dsa' (all six DSA families, per-sample parameters) and 'dsa_noflip' (the
+MNIST augmentation, the reference's 'crop_scale_rotate'), 'dc_mnist_noise' (the same with DC's noise
+family added), 'dsa' (all six DSA families, per-sample parameters) and 'dsa_noflip' (the
 reference's MNIST / SVHN strategy, without flip)."""
 
 
 __all__ = [
     "AUGMENTATIONS",
+    "DC_FAMILIES",
+    "DC_MNIST_STRATEGY",
     "DEFAULT_STRATEGY",
     "DSAParams",
     "DSA_STRATEGIES",

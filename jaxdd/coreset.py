@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxdd.sampling import group_by_class, sample_per_class
+from jaxdd.sharding import map_chunks
 from jaxdd.types import Array, PRNGKey, SynSet
 
 
@@ -30,9 +32,7 @@ def random_real(key: PRNGKey, images: Array, labels: Array, num_classes: int, ip
     Returns:
         A class-sorted SynSet of C * ipc images.
     """
-    from jaxdd.data import sample_per_class
-
-    chosen = sample_per_class(key, images, labels, ipc, num_classes)
+    chosen = sample_per_class(key, group_by_class(images, labels, num_classes), ipc)
     return SynSet(chosen.reshape((-1,) + images.shape[1:]), class_sorted_labels(num_classes, ipc))
 
 
@@ -151,13 +151,11 @@ def kmeans(key: PRNGKey, images: Array, labels: Array, num_classes: int, ipc: in
     a cluster that loses all its members keeps its previous centroid.
     """
     flat = images.reshape(images.shape[0], -1)
-    keys = jax.random.split(key, num_classes)
+    starts = sample_per_class(key, group_by_class(flat, labels, num_classes), ipc)
 
     def one_class(args):
-        c, k = args
+        c, centroids = args
         member = labels == c
-        scores = jnp.where(member, jax.random.uniform(k, labels.shape), -1.0)
-        centroids = flat[jax.lax.top_k(scores, ipc)[1]]
 
         def lloyd(centroids, _):
             d = jnp.sum(jnp.square(flat), 1)[:, None] - 2 * flat @ centroids.T + jnp.sum(jnp.square(centroids), 1)[None]
@@ -169,7 +167,7 @@ def kmeans(key: PRNGKey, images: Array, labels: Array, num_classes: int, ipc: in
         centroids, _ = jax.lax.scan(lloyd, centroids, None, length=iterations)
         return centroids
 
-    centroids = jax.lax.map(one_class, (jnp.arange(num_classes), keys))
+    centroids = jax.lax.map(one_class, (jnp.arange(num_classes), starts))
     return SynSet(centroids.reshape((num_classes * ipc,) + images.shape[1:]), class_sorted_labels(num_classes, ipc))
 
 
@@ -184,20 +182,16 @@ def knn_predict(support: Array, support_labels: Array, queries: Array, k: int = 
         k: neighbours that vote.
     """
     s = support.reshape(support.shape[0], -1)
-    q = queries.reshape(queries.shape[0], -1)
     num_classes = int(jnp.max(support_labels)) + 1
-    count = q.shape[0]
-    batch_size = min(batch_size, count)
-    chunks = -(-count // batch_size)
-    q = jnp.concatenate([q, jnp.zeros((chunks * batch_size - count, q.shape[1]), q.dtype)])
 
     def chunk(x):
+        x = x.reshape(x.shape[0], -1)
         d = jnp.sum(jnp.square(x), 1)[:, None] - 2 * x @ s.T + jnp.sum(jnp.square(s), 1)[None]
         nearest = jax.lax.top_k(-d, k)[1]
         votes = jax.nn.one_hot(support_labels[nearest], num_classes).sum(1)
         return jnp.argmax(votes, axis=1)
 
-    return jax.lax.map(chunk, q.reshape(chunks, batch_size, -1)).reshape(-1)[:count]
+    return map_chunks(chunk, queries, batch_size)
 
 
 def knn_accuracy(support: Array, support_labels: Array, queries: Array, query_labels: Array, k: int = 1) -> float:
@@ -263,10 +257,5 @@ def train_and_count_forgetting(
 
 
 def embed_all(model, params, images: Array, batch_size: int = 1000) -> Array:
-    """``model.embed(params, images)`` in chunks (``lax.map``), (N, F)."""
-    count = images.shape[0]
-    batch_size = min(batch_size, count)
-    chunks = -(-count // batch_size)
-    padded = jnp.concatenate([images, jnp.zeros((chunks * batch_size - count,) + images.shape[1:], images.dtype)])
-    feats = jax.lax.map(lambda x: model.embed(params, x), padded.reshape((chunks, batch_size) + images.shape[1:]))
-    return feats.reshape(chunks * batch_size, -1)[:count]
+    """``model.embed(params, images)`` in chunks (:func:`jaxdd.sharding.map_chunks`), (N, F)."""
+    return map_chunks(lambda x: model.embed(params, x).reshape(x.shape[0], -1), images, batch_size)

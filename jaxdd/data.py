@@ -1,4 +1,4 @@
-"""Datasets: a registry, offline-first loading, per-class sampling and ZCA whitening.
+"""Datasets: a registry, offline-first loading and ZCA whitening (sampling: :mod:`jaxdd.sampling`).
 
 Images leave this module as float32 NHWC device arrays normalised per channel,
 ``x = (pixel - mean) / std`` with pixels in [0, 1] and the registry's mean/std (the
@@ -21,7 +21,7 @@ Arrays read through tensorflow-datasets (3 or 4) are kept decoded in ``<cache>/d
 once they pass the checks below, so later loads import no TensorFlow (about 1 s instead of 10+).
 
 ``<root>`` is the ``data_dir`` argument, else ``$JAXDD_DATA_DIR``. ``digits`` (scikit-learn's
-8x8 handwritten digits) is embedded and needs no files. Every source is checked for image shape,
+8x8 handwritten digits) and ``digits28`` (the same resized to 28x28) are embedded and need no files. Every source is checked for image shape,
 class count and train pixel mean (within ``MEAN_TOLERANCE`` of the registry mean), so two
 datasets with the same file names (MNIST and Fashion-MNIST) cannot be confused silently.
 
@@ -142,6 +142,14 @@ DATASETS: dict[str, DatasetInfo] = {
             "random_state=0): 1347 / 450",
             _DIGIT_NAMES),
         DatasetInfo(
+            "digits28", (28, 28, 1), 10,
+            # Measured on the 1347 train images of `digits` after the resize.
+            (0.30522472,), (0.32459265,),
+            "scikit-learn load_digits, the `digits` split (1347 / 450) resized bilinearly from "
+            "8x8 to 28x28 (embedded), so that it can start a sequence of 28x28 digit domains "
+            "with MNIST and USPS (continual learning)",
+            _DIGIT_NAMES),
+        DatasetInfo(
             "mnist", (28, 28, 1), 10, (0.1307,), (0.3081,),
             "MNIST (LeCun, Cortes, Burges), tfds 'mnist'; offline: the four official idx .gz files "
             "(train-images-idx3-ubyte.gz ...) in <root>/mnist/, or <root>/mnist/mnist.npz",
@@ -165,6 +173,16 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             "cifar10", (32, 32, 3), 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
             "CIFAR-10 (Krizhevsky, 2009), tfds 'cifar10'; offline: <root>/cifar10/cifar10.npz",
+            ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+             "truck")),
+        DatasetInfo(
+            "cifar10_gray28", (28, 28, 1), 10,
+            # Measured on the 50000 train images after the conversion below.
+            (0.4808003,), (0.2317456,),
+            "CIFAR-10 converted to one channel (ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B) and "
+            "resized bilinearly (antialiased) from 32x32 to 28x28, so that it can serve as a large, "
+            "diverse source beside the 28x28 one-channel datasets; derived on load from "
+            "<root>/cifar10/cifar10.npz (or <root>/cifar10_gray28/cifar10_gray28.npz)",
             ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
              "truck")),
         DatasetInfo(
@@ -262,7 +280,7 @@ def available_datasets(data_dir: str | os.PathLike | None = None) -> dict[str, s
 
 def _local_source(name: str, root: Optional[Path]) -> Optional[tuple[str, Path]]:
     """(kind, path) of the first local source of ``name`` under ``root``, or None."""
-    if name == "digits":
+    if name in ("digits", "digits28"):
         return "embedded", Path("sklearn.datasets.load_digits")
     if root is None:
         return None
@@ -273,6 +291,8 @@ def _local_source(name: str, root: Optional[Path]) -> Optional[tuple[str, Path]]
         return "h5", folder / "usps.h5"
     if name in _OFFICIAL_SHA256 and all((folder / f).is_file() for f in _IDX_FILES):
         return "official files", folder
+    if name in _DERIVED and (root / _DERIVED[name] / f"{_DERIVED[name]}.npz").is_file():
+        return "derived", root / _DERIVED[name] / f"{_DERIVED[name]}.npz"
     return None
 
 
@@ -320,6 +340,21 @@ def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize (half-pixel centres, like PIL) of (N, h, w, C) images."""
     n, _, _, c = x.shape
     return np.asarray(jax.image.resize(jnp.asarray(x), (n, *size, c), "linear"))
+
+
+_DERIVED = {"cifar10_gray28": "cifar10"}
+"""Datasets computed on load from another dataset's npz file: name -> parent name."""
+
+
+def _read_gray28(info: DatasetInfo, path: Path):
+    """CIFAR-10 (RGB 32x32 npz) -> luma ``0.299 R + 0.587 G + 0.114 B``, resized to 28x28."""
+    parent = _read_npz(DATASETS[_DERIVED[info.name]], path)
+    luma = np.asarray([0.299, 0.587, 0.114], np.float32)
+    out = []
+    for x, y in zip(parent[0::2], parent[1::2]):
+        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
+        out += [np.clip(_resize(x @ luma[:, None], info.image_shape[:2]), 0.0, 1.0), y]
+    return tuple(out)
 
 
 def _read_usps_h5(info: DatasetInfo, path: Path):
@@ -377,14 +412,28 @@ def _check_official_files(name: str, folder: Path) -> None:
 
 
 def _import_tfds():
-    import tensorflow as tf
+    """tensorflow_datasets, imported quietly: no TF/absl log lines, no tfds progress bars.
 
+    jaxdd reports its own progress on stderr; TensorFlow's C++ logs (``TF_CPP_MIN_LOG_LEVEL``;
+    ``TF_ENABLE_ONEDNN_OPTS=0`` for the oneDNN notice TF prints before its logging starts; both
+    read when TF loads, so only if the caller has not imported it; TF only decodes integer
+    pixels here, which oneDNN does not change), its Python logger, absl's INFO lines and tfds's
+    download/extraction bars are switched off. Values a user set in the environment stay.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    import tensorflow as tf
+    from absl import logging as absl_logging
+
+    tf.get_logger().setLevel("ERROR")
+    absl_logging.set_verbosity(absl_logging.ERROR)
     try:  # Keep TensorFlow off the GPUs: their memory belongs to JAX.
         tf.config.set_visible_devices([], "GPU")
     except RuntimeError:  # TF already initialised by the caller; leave it as it is.
         pass
     import tensorflow_datasets as tfds
 
+    tfds.disable_progress_bar()
     return tfds
 
 
@@ -424,12 +473,25 @@ def _read_tfds(name: str, manual_dir: Optional[Path], tried: list[str]):
         download_dir = _tfds_dir() / "downloads" / name
         config = tfds.download.DownloadConfig(manual_dir=None if manual_dir is None
                                               else str(manual_dir))
+        import contextlib
+        import io
+        import logging
+        import time
+
+        how = f"from {manual_dir}" if manual_dir is not None else "by download"
+        log = logging.getLogger(__name__)
+        log.info("preparing %s %s with tensorflow-datasets (once; later loads take about 1 s) ...",
+                 name, how)
+        started = time.perf_counter()
         try:
-            builder.download_and_prepare(download_dir=str(download_dir), download_config=config)
+            # tfds prints its own lines to stdout; jaxdd's stdout carries results only.
+            with contextlib.redirect_stdout(io.StringIO()):
+                builder.download_and_prepare(download_dir=str(download_dir),
+                                             download_config=config)
         except Exception as e:  # tfds raises many kinds; name the failure, keep the cause.
-            how = f"from {manual_dir}" if manual_dir is not None else "by download"
             tried.append(f"{place}: preparing {how} failed: {type(e).__name__}: {e}")
             return None
+        log.info("prepared %s in %.0f s", name, time.perf_counter() - started)
         if manual_dir is not None:  # only decompressed copies of the manual files
             shutil.rmtree(download_dir, ignore_errors=True)
     out = []
@@ -492,6 +554,10 @@ def _read_raw(name: str, root: Optional[Path]):
     info = DATASETS[name]
     if name == "digits":
         return _read_digits(info), "scikit-learn load_digits"
+    if name == "digits28":
+        x_tr, y_tr, x_te, y_te = _read_digits(DATASETS["digits"])
+        return (_resize(x_tr, info.image_shape[:2]), y_tr, _resize(x_te, info.image_shape[:2]), y_te), \
+            "scikit-learn load_digits, resized to 28x28"
     tried = []
     if root is None:
         tried.append("local files: no data root given (data_dir argument or JAXDD_DATA_DIR)")
@@ -509,6 +575,8 @@ def _read_raw(name: str, root: Optional[Path]):
             return _read_npz(info, found[1]), str(found[1])
         elif found[0] == "h5":
             return _read_usps_h5(info, found[1]), str(found[1])
+        elif found[0] == "derived":
+            return _read_gray28(info, found[1]), f"{found[1]} (converted to {name})"
         else:
             _check_official_files(name, folder)
             got = _read_tfds(name, folder, tried)
@@ -630,88 +698,3 @@ def denormalize(x: Array, info: DatasetInfo, zca: Optional[ZCA] = None) -> Array
         x = zca_invert(x, zca)
     x = x * jnp.asarray(info.std, jnp.float32) + jnp.asarray(info.mean, jnp.float32)
     return jnp.clip(x, 0.0, 1.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# Sampling (pure, jittable; sizes are static)
-
-
-def class_counts(labels: Array, num_classes: int) -> Array:
-    """(num_classes,) int32 number of labels equal to each class."""
-    return jnp.bincount(labels, length=num_classes).astype(jnp.int32)
-
-
-def _is_concrete(*xs) -> bool:
-    return not any(isinstance(x, jax.core.Tracer) for x in xs)
-
-
-def sample_class(key: Array, images: Array, labels: Array, c, n: int) -> Array:
-    """n distinct images of class ``c``, uniformly without replacement.
-
-    Every image gets a uniform score, images of other classes get -1, and the ``n`` largest
-    scores (``lax.top_k``) are kept: a uniform random n-subset of the class. Pure and jittable
-    (``n`` static; ``c`` may be traced) and vmappable over ``key`` and ``c``.
-
-    Args:
-        key: a typed key (``jax.random.key``).
-        images: (N, ...) images.
-        labels: (N,) int labels.
-        c: the class (int or int scalar array).
-        n: how many; must not exceed the class size (checked when the inputs are concrete;
-            under tracing a smaller class would yield images of other classes).
-
-    Returns:
-        (n, ...) images, all of class ``c``, distinct rows of ``images``.
-    """
-    if _is_concrete(labels, c):
-        size = int(jnp.sum(labels == c))
-        if n > size:
-            raise ValueError(f"sample_class: asked for {n} images of class {int(c)}, which has "
-                             f"{size}")
-    scores = jnp.where(labels == c, jax.random.uniform(key, labels.shape), -1.0)
-    _, idx = lax.top_k(scores, n)
-    return images[idx]
-
-
-def sample_per_class(key: Array, images: Array, labels: Array, n: int,
-                     num_classes: int) -> Array:
-    """n distinct images of every class: ``sample_class`` vmapped over the classes.
-
-    Args:
-        key: a typed key; class ``c`` uses ``jax.random.split(key, num_classes)[c]``.
-        images: (N, H, W, C) images.
-        labels: (N,) int labels.
-        n: images per class (static).
-        num_classes: number of classes (static).
-
-    Returns:
-        (num_classes, n, H, W, C).
-    """
-    if _is_concrete(labels):
-        smallest = int(jnp.min(class_counts(labels, num_classes)))
-        if n > smallest:
-            raise ValueError(f"sample_per_class: asked for {n} per class, the smallest class "
-                             f"has {smallest}")
-    keys = jax.random.split(key, num_classes)
-    classes = jnp.arange(num_classes)
-
-    def one(k, c):
-        return sample_class(k, images, labels, c, n)
-
-    return jax.vmap(one)(keys, classes)
-
-
-def sample_batch(key: Array, images: Array, labels: Array, n: int) -> tuple[Array, Array]:
-    """A uniform random minibatch of n distinct examples (without replacement).
-
-    Args:
-        key: a typed key.
-        images: (N, ...) images.
-        labels: (N, ...) labels (hard or soft).
-        n: batch size (static), at most N.
-
-    Returns:
-        (images[idx], labels[idx]) with ``idx`` n distinct indices.
-    """
-    idx = jax.random.choice(key, images.shape[0], (n,), replace=False)
-    return images[idx], labels[idx]

@@ -13,9 +13,11 @@ with the models split on the ``model`` axis and the test images on the ``data`` 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from typing import Callable, NamedTuple, Optional
+import hashlib
+from typing import Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -24,15 +26,17 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jaxdd.sharding import DATA, MODEL, constrain, replicate, shard_data
-from jaxdd.train import Protocol, accuracy, train_gd_steps, train_on_set
+from jaxdd.train import CycledGD, Protocol, accuracy, train_on_set
 from jaxdd.types import Array, Model, Params, PRNGKey
 
 PROTOCOLS: dict[str, Protocol] = {
     # DC (Zhao et al. 2021), `evaluate_synset`: SGD 0.01 / momentum 0.9 / wd 5e-4, batch 256,
-    # 300 epochs, lr x0.1 at half. On MNIST the reference augments (crop/scale/rotate) and trains
-    # 1000 epochs: `get_protocol('dc', 'mnist')` applies that.
+    # E = 300: E + 1 epochs, lr x0.1 and a fresh optimiser (momentum reset) after epoch E//2 + 1
+    # (schedule 'dc_reference'; `schedule='step_half'` gives jaxdd's former E epochs with the lr
+    # x0.1 from epoch E//2 on and momentum kept). On MNIST the reference augments
+    # (crop/scale/rotate) and trains E = 1000: `get_protocol('dc', 'mnist')` applies that.
     "dc": Protocol(name="dc"),
-    # DSA / DM: as DC but 1000 epochs with DSA augmentation, per-sample parameters.
+    # DSA / DM: as DC but E = 1000 with DSA augmentation, per-sample parameters.
     "dsa": Protocol(name="dsa", epochs=1000, augment="dsa"),
     # FRePo (Zhou et al. 2022): Adam 3e-4, warm-up + cosine, MSE loss, steps by set size.
     # Batch size and weight decay of its evaluation are unverified: we use 256 and 0.
@@ -48,14 +52,15 @@ PROTOCOLS: dict[str, Protocol] = {
     ),
 }
 
-# Per-dataset changes of a preset in its reference code.
-# DD (Wang et al. 2018; issue 4): T = steps x epochs plain GD steps, one batch per step. A DD set
-# uses its own step order and learned step sizes (and its theta_0 if fixed-init); any other set
-# is cut into `fixed_lr_steps` class-balanced batches trained `epochs` times with the fixed step
-# size `lr` (DD's baselines; lr chosen on held-out MNIST training images, see docs/dd.md).
-PROTOCOLS["dd"] = Protocol(name="dd", trainer="dd", lr=0.1, momentum=0.0, weight_decay=0.0, epochs=3,
-                           schedule="constant", fixed_lr_steps=10)
+# DD (Wang et al. 2018): T = steps x epochs plain GD steps, one batch per step (the trainer
+# CycledGD). A DD set uses its own step order and learned step sizes (and its theta_0 if
+# fixed-init); any other set is cut into `CycledGD.steps` class-balanced batches trained `epochs`
+# times with the fixed step size `lr` (DD's baselines; lr chosen on held-out MNIST training
+# images, see docs/dd.md). Another S: `get_protocol('dd', trainer=CycledGD(steps=S))`.
+PROTOCOLS["dd"] = Protocol(name="dd", trainer=CycledGD(steps=10), lr=0.1, momentum=0.0, weight_decay=0.0,
+                           epochs=3, schedule="constant")
 
+# Per-dataset changes of a preset in its reference code.
 DATASET_OVERRIDES: dict[tuple[str, str], dict] = {
     ("dc", "mnist"): {"epochs": 1000, "augment": "dc_mnist"},
     # DSA's strategy for digit datasets has no flip (color_crop_cutout_scale_rotate).
@@ -69,8 +74,12 @@ def get_protocol(name: str, dataset: Optional[str] = None, **overrides) -> Proto
     Args:
         name: a key of :data:`PROTOCOLS`.
         dataset: registry name; e.g. ``('dc', 'mnist')`` trains 1000 epochs with augmentation.
-        **overrides: any :class:`~jaxdd.train.Protocol` field (``epochs=50``); ``None`` values
-            are ignored.
+        **overrides: any :class:`~jaxdd.train.Protocol` field (``epochs=50``,
+            ``schedule='step_half'``, ``augment='dc_mnist_noise'``,
+            ``trainer=CycledGD(steps=S)``); ``None`` values are ignored.
+
+    'dc' and 'dsa' use the reference's schedule 'dc_reference' (E + 1 epochs, lr x0.1 and
+    momentum reset after epoch E // 2 + 1); jaxdd's earlier schedule is ``schedule='step_half'``.
     """
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; known: {', '.join(sorted(PROTOCOLS))}")
@@ -79,19 +88,10 @@ def get_protocol(name: str, dataset: Optional[str] = None, **overrides) -> Proto
     return dataclasses.replace(PROTOCOLS[name], **changes)
 
 
-def register_protocol(protocol: Protocol) -> Protocol:
-    """Adds a named protocol (methods with their own evaluation, e.g. DD, call this)."""
-    PROTOCOLS[protocol.name] = protocol
-    return protocol
-
-
-def _minibatch_trainer(key, model, images, labels, protocol, params=None, step_sizes=None):
+def minibatch_trainer(key, model, images, labels, protocol, params=None, step_sizes=None) -> Params:
+    """The default ``Protocol.trainer``: :func:`~jaxdd.train.train_on_set` with the protocol's
+    augmentation; ``step_sizes`` (learned by DD) are not used by minibatch training."""
     return train_on_set(key, model, images, labels, protocol, params=params, augment=resolve_augment(protocol.augment))
-
-
-TRAINERS: dict[str, Callable[..., Params]] = {"minibatch": _minibatch_trainer, "dd": train_gd_steps}
-"""Functions ``trainer(key, model, images, labels, protocol, params=None, step_sizes=None) -> params``
-that train one network; a protocol names its trainer."""
 
 
 def resolve_augment(name: Optional[str]) -> Optional[Callable[[PRNGKey, Array], Array]]:
@@ -157,14 +157,45 @@ def train_models(
 
 def _train_keys(model, protocol, model_batch, keys, images, labels, init_params, step_sizes):
     """One model per key, ``model_batch`` (default :func:`default_model_batch`) vmapped at a time."""
-    trainer = TRAINERS[protocol.trainer]
+    trainer = protocol.trainer or minibatch_trainer
 
     def train_one(k):
-        return trainer(k, model, images, labels, protocol, params=init_params, step_sizes=step_sizes)
+        params = trainer(k, model, images, labels, protocol, params=init_params, step_sizes=step_sizes)
+        # Tick the progress bar once this model is trained (the argument orders it after training).
+        jax.debug.callback(_model_trained, jax.tree.leaves(params)[0].ravel()[0])
+        return params
 
     count = keys.shape[0]
     batch = model_batch or default_model_batch(count)
     return jax.lax.map(train_one, keys, batch_size=min(batch, count))
+
+
+_PROGRESS: list = []
+"""Progress bars of the evaluations running now (host side); every trained model ticks the last."""
+
+
+def _model_trained(_) -> None:
+    if _PROGRESS:
+        _PROGRESS[-1].update(1)
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, progress: Union[bool, str]):
+    """A tqdm bar (stderr) counting trained models while the block runs, if ``progress``."""
+    if not progress:
+        yield
+        return
+    from tqdm.auto import tqdm
+
+    label = progress if isinstance(progress, str) else "evaluate"
+    bar = tqdm(total=total, desc=label, unit="model", dynamic_ncols=True)
+    _PROGRESS.append(bar)
+    try:
+        yield
+    finally:
+        jax.effects_barrier()
+        _PROGRESS.remove(bar)
+        bar.close()
 
 
 _EVERY_DEVICE = P((MODEL, DATA))
@@ -186,6 +217,41 @@ def _train_on_mesh(model, protocol, model_batch, mesh, keys, images, labels, ini
     )(keys, images, labels, init_params, step_sizes)
 
 
+class ModelKey:
+    """A :class:`~jaxdd.types.Model` compared and hashed by what it computes, for a jit cache.
+
+    Two ``get_model`` calls give different function objects for the same network, so a
+    ``Model`` as a static argument would compile the evaluation anew every time. The key is the
+    printed jaxprs of ``init`` and of ``apply`` at the set's image shape (architecture, options,
+    parameter shapes, dtypes) plus a digest of the constants they close over: equal keys compute
+    the same functions, and the program compiled for one serves the other.
+    """
+
+    __slots__ = ("model", "signature", "_hash")
+
+    def __init__(self, model: Model, image_shape: tuple[int, ...], dtype) -> None:
+        self.model = model
+        self.signature = _model_signature(model, tuple(image_shape), np.dtype(dtype).name)
+        self._hash = hash(self.signature)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ModelKey) and self.signature == other.signature
+
+
+@functools.lru_cache(maxsize=64)
+def _model_signature(model: Model, image_shape: tuple[int, ...], dtype: str) -> tuple:
+    init, params = jax.make_jaxpr(model.init, return_shape=True)(jax.random.key(0))
+    apply = jax.make_jaxpr(model.apply)(params, jax.ShapeDtypeStruct((1,) + image_shape, dtype))
+    consts = tuple(
+        (np.shape(c), str(np.asarray(c).dtype), hashlib.sha256(np.ascontiguousarray(c).tobytes()).hexdigest())
+        for c in (*init.consts, *apply.consts)
+    )
+    return str(init), str(apply), consts
+
+
 def evaluate_synset(
     key: PRNGKey,
     model: Model,
@@ -201,13 +267,18 @@ def evaluate_synset(
     test_batch_size: Optional[int] = None,
     model_batch: Optional[int] = None,
     mesh: Optional[Mesh] = None,
+    progress: Union[bool, str] = False,
 ) -> EvalResult:
     """Trains ``num_models`` fresh networks on a set and returns their real test accuracies.
 
     Model ``i`` uses key ``jax.random.split(key, num_models)[i]`` for its initialisation,
     shuffling and augmentation, so ``evaluate_synset(key, ..., num_models=K)`` gives the same
-    accuracies as training each model alone with :func:`jaxdd.train.train_on_set` (tested).
-    No model is selected on the test set: each is tested once, after its last step.
+    accuracies as training each model alone with ``protocol.trainer`` (by default
+    :func:`jaxdd.train.train_on_set`; tested). No model is selected on the test set: each is
+    tested once, after its last step. The compiled program is cached on :class:`ModelKey`, so a
+    second ``get_model`` call for the same network reuses it. A network whose output depends on
+    its batch (BatchNorm on batch statistics) is tested on chunks of ``test_batch_size`` test
+    images in their stored order, so its accuracy depends on that chunking.
 
     Args:
         key: typed key.
@@ -217,7 +288,7 @@ def evaluate_synset(
         protocol: see :func:`get_protocol`.
         num_models: K.
         init_params: optional fixed starting parameters for every model (DD fixed init).
-        step_sizes: learned step sizes for trainers that use them (DD).
+        step_sizes: learned step sizes for trainers that use them (DD's :class:`~jaxdd.train.CycledGD`).
         test_batch_size: test images per chunk (default 1000).
         model_batch: models vmapped together (default: all on GPU/TPU, 1 on CPU); any value
             gives the same accuracies. With ``mesh``: per device.
@@ -225,16 +296,21 @@ def evaluate_synset(
             models are trained spread over all its devices (K is padded to a multiple of the
             device count; the extra models are discarded), then tested split on ``model``
             with the test images split on ``data``; the accuracies equal those without a mesh.
+        progress: show a progress bar on stderr counting trained models (a string labels it).
+            The compiled program is the same either way: every trained model calls a host
+            function (``jax.debug.callback``) that ticks the bar when one is shown.
 
     Returns:
         :class:`EvalResult` with per-model accuracies, mean and population std.
     """
     chunk = test_batch_size or 1000
+    model = ModelKey(model, images.shape[1:], images.dtype)
     if mesh is None:
         batch = min(model_batch or default_model_batch(num_models), num_models)
-        accs = _evaluate_jit(
-            key, model, images, labels, test_images, test_labels, protocol, num_models, init_params, step_sizes, chunk, batch
-        )
+        with _progress_bar(num_models, progress):
+            accs = np.asarray(_evaluate_jit(
+                key, model, images, labels, test_images, test_labels, protocol, num_models, init_params, step_sizes, chunk, batch
+            ))
     else:
         per_device = -(-num_models // mesh.size)
         batch = min(model_batch or default_model_batch(per_device), per_device)
@@ -242,28 +318,35 @@ def evaluate_synset(
         pad = -num_test % mesh.shape[DATA]
         test_images = jnp.concatenate([test_images, jnp.zeros((pad,) + test_images.shape[1:], test_images.dtype)])
         test_labels = jnp.concatenate([test_labels, jnp.full((pad,), -1, test_labels.dtype)])
-        accs = _evaluate_mesh_jit(
-            *replicate(mesh, (key, images, labels)),
-            *shard_data(mesh, (test_images, test_labels)),
-            replicate(mesh, init_params),
-            replicate(mesh, step_sizes),
-            model=model, protocol=protocol, num_models=num_models, chunk=chunk, batch=batch, num_test=num_test, mesh=mesh,
-        )
+        with _progress_bar(per_device * mesh.size, progress):  # padded models are trained too
+            accs = np.asarray(_evaluate_mesh_jit(
+                *replicate(mesh, (key, images, labels)),
+                *shard_data(mesh, (test_images, test_labels)),
+                replicate(mesh, init_params),
+                replicate(mesh, step_sizes),
+                model=model, protocol=protocol, num_models=num_models, chunk=chunk, batch=batch, num_test=num_test, mesh=mesh,
+            ))
     accs = np.asarray(accs, dtype=np.float64)
     return EvalResult(accs, float(accs.mean()), float(accs.std()))
 
 
-@jax.jit(static_argnums=(1, 6, 7, 10, 11))
-def _evaluate_jit(key, model, images, labels, test_images, test_labels, protocol, num_models, init_params, step_sizes, chunk, batch):
+def _evaluate(key, model_key, images, labels, test_images, test_labels, protocol, num_models, init_params, step_sizes,
+              chunk, batch):
+    model = model_key.model
     stacked = train_models(
         key, model, images, labels, protocol, num_models, init_params=init_params, step_sizes=step_sizes, model_batch=batch
     )
     return jax.lax.map(lambda params: accuracy(model, params, test_images, test_labels, chunk), stacked, batch_size=batch)
 
 
+_STATIC_ARGNUMS = (1, 6, 7, 10, 11)
+_evaluate_jit = jax.jit(_evaluate, static_argnums=_STATIC_ARGNUMS)
+
+
 @jax.jit(static_argnames=("model", "protocol", "num_models", "chunk", "batch", "num_test", "mesh"))
 def _evaluate_mesh_jit(key, images, labels, test_images, test_labels, init_params, step_sizes, *, model, protocol,
                        num_models, chunk, batch, num_test, mesh):
+    model = model.model
     keys = jax.random.split(key, num_models)
     stacked = _train_on_mesh(model, protocol, batch, mesh, keys, images, labels, init_params, step_sizes)
 
@@ -280,11 +363,10 @@ def _evaluate_mesh_jit(key, images, labels, test_images, test_labels, init_param
 
 __all__ = [
     "PROTOCOLS",
-    "TRAINERS",
     "EvalResult",
     "accuracy",
     "evaluate_synset",
     "get_protocol",
-    "register_protocol",
+    "minibatch_trainer",
     "train_models",
 ]

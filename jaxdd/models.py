@@ -38,9 +38,12 @@ padded to 32 by the first layer (ConvNet pad 3, LeNet pad 2, AlexNet pad 4, VGG1
 that extra padding on the input being 28x28 (the reference keys it on one channel, which coincides
 for every reference dataset). Other sizes (the 8x8 scikit-learn digits):
 
-- ``ConvNet`` and ``MLP`` run on any size natively: ConvNet pads 1 everywhere and pools
-  8 -> 4 -> 2 -> 1 (width features at depth 3; a depth that would pool below one pixel raises
-  ``ValueError``), the MLP flattens what it gets.
+- ``ConvNet`` and ``MLP`` run on any size natively: ConvNet pads 1 everywhere; its default depth
+  follows the input (:func:`convnet_depth`): 3 on 28x28 and 32x32 as the reference, 2 on the 8x8
+  digits, which pool 8 -> 4 -> 2 (4 * width features). At the reference's depth 3 the last
+  instance norm would normalise 2x2 maps, on which DC blows the images up and DD evaluates at
+  chance; ``depth=3`` (or ``ConvNetD3``) still asks for it. A depth that would pool below one
+  pixel raises ``ValueError``. The MLP flattens what it gets.
 - ``LeNet``, ``AlexNet``, ``VGG11``, ``AlexCifarNet``, ``ResNet18`` need 32x32 (fixed-size
   classifiers, five poolings; ResNet18's last stage would be 1x1 on 8x8 inputs, where instance norm
   maps every value to 0 and the logits stop depending on the image): inputs of any other size than
@@ -262,15 +265,33 @@ def local_response_norm(x: Array, size: int = 4, alpha: float = 1e-4, beta: floa
 # ----------------------------------------------------------------------------- architectures
 
 
+def convnet_depth(height: int, width: int) -> int:
+    """ConvNet's default depth for an input of ``height`` x ``width``: 3, the reference's, or less.
+
+    The largest depth <= 3 at which every convolution and its norm see a map of at least 4x4
+    (28x28 inputs count as the 32x32 their first convolution pads them to): 3 for 32x32 and
+    28x28, 2 for the 8x8 digits, 1 below 8x8. At depth 3 on 8x8 the last instance norm
+    normalises 2x2 maps (four values per channel), which makes gradient matching blow the images
+    up (DC on digits reaches about +-18 and chance accuracy) and DD evaluate at chance; depth 2
+    keeps every method stable there.
+    """
+    size = 32 if (height, width) == (28, 28) else min(height, width)
+    depth = 3
+    while depth > 1 and size // 2 ** (depth - 1) < 4:
+        depth -= 1
+    return depth
+
+
 class ConvNet(nn.Module):
     """DC's ConvNet: ``depth`` x [Conv3x3 -> norm -> act -> pool] -> flatten -> Linear.
 
     The first conv pads 3 on 28x28 inputs (28 -> 32, as the reference), 1 otherwise.
+    ``depth=None`` takes :func:`convnet_depth` of the input (3 on 28x28 and 32x32, 2 on 8x8).
     """
 
     num_classes: int
     width: int = 128
-    depth: int = 3
+    depth: Optional[int] = None
     norm: str = "instance"
     act: str = "relu"
     pool: str = "avg"
@@ -289,13 +310,14 @@ class ConvNet(nn.Module):
         norm = _canonical(self.norm, _NORMS, _NORM_ALIASES, "norm")
         act = _ACTIVATIONS[_canonical(self.act, tuple(_ACTIVATIONS), _ACT_ALIASES, "activation")]
         pool = _canonical(self.pool, _POOLS, _POOL_ALIASES, "pooling")
-        for d in range(self.depth):
+        depth = convnet_depth(*x.shape[1:3]) if self.depth is None else self.depth
+        for d in range(depth):
             padding = 3 if d == 0 and tuple(x.shape[1:3]) == (28, 28) else 1
             x = _conv(x, self.width, 3, self.init_scheme, padding=padding, name=f"conv{d}")
             x = act(_norm(x, norm, f"norm{d}"))
             if pool != "none":
                 if min(x.shape[1:3]) < 2:
-                    raise ValueError(f"ConvNet depth {self.depth} pools a {x.shape[1]}x"
+                    raise ValueError(f"ConvNet depth {depth} pools a {x.shape[1]}x"
                                      f"{x.shape[2]} map at layer {d}; use a smaller depth")
                 window = (2, 2)
                 x = (nn.avg_pool if pool == "avg" else nn.max_pool)(x, window, window)

@@ -5,11 +5,13 @@ program runs on one device, on 8 GPUs, or on several hosts (``jax.distributed.in
 there is no ``pmap`` and no branch on the device count. The helpers here are small and pure:
 
 - :func:`make_mesh` / :func:`parse_mesh` build the mesh (``--mesh data=4,model=2``);
-- :func:`shard_data`, :func:`shard_models`, :func:`replicate` place host or device arrays on it
+- :func:`shard_data`, :func:`replicate` place host or device arrays on it
   (``jax.device_put`` with a ``NamedSharding``);
 - :func:`constrain` pins the layout of an intermediate inside a jitted step
   (``jax.lax.with_sharding_constraint``). Without a mesh it returns its input unchanged, so a
-  method that calls it runs the very same program as before on one device.
+  method that calls it runs the very same program as before on one device;
+- :func:`map_chunks` bounds the memory of a row-wise computation on one device (one ``lax.map``
+  over fixed-size chunks).
 
 See ``docs/scaling.md``.
 """
@@ -17,9 +19,10 @@ See ``docs/scaling.md``.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -131,14 +134,6 @@ def shard_data(mesh: Mesh, tree: Any, *, axis: int = 0, uneven: str = "error") -
     return _put(mesh, tree, P(*([None] * axis), DATA), uneven)
 
 
-def shard_models(mesh: Mesh, tree: Any, *, uneven: str = "error") -> Any:
-    """Places a stacked pytree (leading axis = models) on ``mesh``, split over ``model``.
-
-    ``uneven`` as in :func:`shard_data`.
-    """
-    return _put(mesh, tree, P(MODEL), uneven)
-
-
 def replicate(mesh: Mesh, tree: Any) -> Any:
     """Places a full copy of every leaf of ``tree`` on every device of ``mesh``."""
     return jax.tree.map(lambda leaf: _device_put(leaf, NamedSharding(mesh, P())), tree)
@@ -173,6 +168,26 @@ def constrain(tree: Any, spec: Any, mesh: Optional[Mesh] = None) -> Any:
     return jax.tree.map(pin, tree)
 
 
+def map_chunks(fn: Callable[[Any], Any], xs: Any, chunk: int) -> Any:
+    """``fn`` over the rows of ``xs`` in chunks of ``chunk`` rows: one ``lax.map``, one chunk in memory.
+
+    ``xs`` is a pytree of arrays with a common leading axis of N rows; it is zero-padded to a
+    multiple of ``chunk`` (at most N), ``fn`` maps a (chunk, ...) pytree to a pytree of
+    (chunk, ...) arrays, and the result is trimmed back to N rows. Equal to ``fn(xs)`` whenever
+    ``fn`` treats rows independently.
+    """
+    count = jax.tree.leaves(xs)[0].shape[0]
+    chunk = max(1, min(chunk, count))
+    chunks = -(-count // chunk)
+
+    def split(x):
+        padded = jnp.concatenate([x, jnp.zeros((chunks * chunk - count,) + x.shape[1:], x.dtype)])
+        return padded.reshape((chunks, chunk) + x.shape[1:])
+
+    out = jax.lax.map(fn, jax.tree.map(split, xs))
+    return jax.tree.map(lambda y: y.reshape((chunks * chunk,) + y.shape[2:])[:count], out)
+
+
 def _device_put(leaf: Any, sharding: NamedSharding) -> jax.Array:
     """``jax.device_put``; typed keys travel as their key data (a key array cannot be put on
     another process's devices directly)."""
@@ -195,4 +210,4 @@ def _fits(shape: dict, dims: tuple, spec: P) -> tuple:
     return tuple(out)
 
 
-__all__ = ["AXES", "DATA", "MODEL", "constrain", "make_mesh", "parse_mesh", "replicate", "shard_data", "shard_models"]
+__all__ = ["AXES", "DATA", "MODEL", "constrain", "make_mesh", "map_chunks", "parse_mesh", "replicate", "shard_data"]

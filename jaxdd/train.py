@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdd.sharding import map_chunks
 from jaxdd.types import Array, Model, Params, PRNGKey
 
 
@@ -31,15 +32,19 @@ class Protocol:
         weight_decay: L2 coefficient added to the gradient (PyTorch ``weight_decay``).
         epochs: passes over the set (ignored when ``steps_by_set_size`` is given).
         batch_size: minibatch size; a set smaller than this is one full batch.
-        schedule: 'constant', 'step_half' (lr x0.1 from epoch epochs//2 on, the DC reference) or
-            'warmup_cosine'.
+        schedule: 'dc_reference' (the default; DC's ``evaluate_synset``: ``epochs + 1`` epochs,
+            after epoch ``epochs // 2 + 1`` the lr is x0.1 and the SGD optimiser is created anew,
+            so its momentum restarts from zero), 'step_half' (``epochs`` epochs, lr x0.1 from
+            epoch ``epochs // 2`` on, momentum kept), 'constant' or 'warmup_cosine'.
         loss: 'ce' (cross-entropy; soft cross-entropy for soft labels), 'mse' (against one-hot or
             soft targets) or 'soft_ce'.
         augment: name of a per-sample augmentation in ``jaxdd.augment.AUGMENTATIONS`` or None.
         steps_by_set_size: ((max_set_size, steps), ...) ascending; total steps chosen by set
             size (FRePo's protocol). None: ``epochs`` decides.
-        trainer: name in ``jaxdd.evaluate.TRAINERS`` of the function that trains one network.
-        fixed_lr_steps: for trainers that unroll a fixed number of GD steps (DD's baselines).
+        trainer: the function that trains one network,
+            ``trainer(key, model, images, labels, protocol, params=None, step_sizes=None) -> params``
+            (hashable, e.g. :class:`CycledGD`); None: minibatch training (:func:`train_on_set`
+            with the protocol's augmentation).
     """
 
     name: str = "custom"
@@ -49,12 +54,11 @@ class Protocol:
     weight_decay: float = 5e-4
     epochs: int = 300
     batch_size: int = 256
-    schedule: str = "step_half"
+    schedule: str = "dc_reference"
     loss: str = "ce"
     augment: Optional[str] = None
     steps_by_set_size: Optional[tuple] = None
-    trainer: str = "minibatch"
-    fixed_lr_steps: Optional[int] = None
+    trainer: Optional[Callable[..., Params]] = None
 
     def batches_per_epoch(self, set_size: int) -> int:
         return math.ceil(set_size / min(self.batch_size, set_size))
@@ -66,7 +70,8 @@ class Protocol:
                 if set_size <= max_size:
                     return steps
             return self.steps_by_set_size[-1][1]
-        return self.epochs * self.batches_per_epoch(set_size)
+        epochs = self.epochs + 1 if self.schedule == "dc_reference" else self.epochs
+        return epochs * self.batches_per_epoch(set_size)
 
 
 def loss_fn(logits: Array, labels: Array, kind: str = "ce", weights: Optional[Array] = None) -> Array:
@@ -91,11 +96,54 @@ def loss_fn(logits: Array, labels: Array, kind: str = "ce", weights: Optional[Ar
     return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+class RestartState(NamedTuple):
+    """Updates seen so far and the wrapped transformation's state."""
+
+    count: Array
+    inner: optax.OptState
+
+
+def restart_at(inner: optax.GradientTransformation, step: int) -> optax.GradientTransformation:
+    """``inner`` whose state is initialised afresh before update number ``step`` (0-based).
+
+    PyTorch code that re-creates its optimiser mid-training (DC's ``evaluate_synset``) drops the
+    momentum buffers; wrapping the momentum ``trace`` in this reproduces that exactly: the first
+    update after the restart is ``buf = d``.
+    """
+
+    def init(params):
+        return RestartState(jnp.zeros([], jnp.int32), inner.init(params))
+
+    def update(updates, state, params=None):
+        fresh = inner.init(updates)
+        restarted = jax.tree.map(lambda f, s: jnp.where(state.count == step, f, s), fresh, state.inner)
+        updates, inner_state = inner.update(updates, restarted, params)
+        return updates, RestartState(optax.safe_int32_increment(state.count), inner_state)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(protocol: Protocol, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
     """The protocol's optimiser with its learning-rate schedule.
 
-    SGD follows PyTorch: ``d = g + wd * p; buf = momentum * buf + d; p -= lr * buf``.
+    SGD follows PyTorch: ``d = g + wd * p; buf = momentum * buf + d; p -= lr * buf``. With
+    schedule 'dc_reference' (Zhao et al. 2021, ``evaluate_synset``: ``lr_schedule = [E // 2 + 1]``)
+    the update from step ``b = (E // 2 + 2) * steps_per_epoch`` on uses ``0.1 * lr`` and a fresh
+    momentum buffer (the reference builds a new ``torch.optim.SGD`` there).
     """
+    if protocol.schedule == "dc_reference":
+        if protocol.steps_by_set_size:
+            raise ValueError("schedule 'dc_reference' counts epochs; it cannot be used with steps_by_set_size")
+        boundary = (protocol.epochs // 2 + 2) * steps_per_epoch
+        schedule = optax.piecewise_constant_schedule(protocol.lr, {boundary: 0.1})
+        if protocol.optimizer == "sgd":
+            moments = optax.trace(decay=protocol.momentum) if protocol.momentum else optax.identity()
+        elif protocol.optimizer == "adam":
+            moments = optax.scale_by_adam()
+        else:
+            raise ValueError(f"unknown optimizer {protocol.optimizer!r}")
+        base = optax.chain(restart_at(moments, boundary), optax.scale_by_learning_rate(schedule))
+        return optax.chain(optax.add_decayed_weights(protocol.weight_decay), base) if protocol.weight_decay else base
     if protocol.schedule == "constant":
         schedule = optax.constant_schedule(protocol.lr)
     elif protocol.schedule == "step_half":
@@ -138,40 +186,32 @@ def epoch_batch(key: PRNGKey, step: Array, set_size: int, batch_size: int) -> tu
     return indices, mask
 
 
-def train_on_set(
-    key: PRNGKey,
+def train_loop(
     model: Model,
+    params: Params,
     images: Array,
     labels: Array,
     protocol: Protocol,
-    params: Optional[Params] = None,
+    *,
+    shuffle_key: PRNGKey,
     augment: Optional[Callable[[PRNGKey, Array], Array]] = None,
+    augment_key: Optional[PRNGKey] = None,
 ) -> Params:
-    """Trains one network on ``(images, labels)`` with ``protocol``; the loop is one ``lax.scan``.
+    """Trains ``params`` on ``(images, labels)`` with ``protocol``: minibatch steps in one ``lax.scan``.
 
     Update per step t: ``params, opt_state = opt.update(grad L(params; batch_t))`` where batch_t
-    is the t-th minibatch of the shuffled epochs (see :func:`epoch_batch`), optionally
-    augmented per sample.
-
-    Args:
-        key: typed key; split into initialisation, shuffling and augmentation keys.
-        model: the network.
-        images, labels: the training set (hard or soft labels).
-        protocol: optimiser, schedule, epochs, batch size, loss.
-        params: start here instead of ``model.init`` (e.g. DD's fixed initialisation).
-        augment: per-sample augmentation ``augment(key, x) -> x``; None for none.
+    is the t-th minibatch of the shuffled epochs (:func:`epoch_batch` with ``shuffle_key``),
+    augmented per sample with ``augment(fold_in(augment_key, t), x)`` if given. The one loop
+    behind evaluation (:func:`train_on_set`) and the inner training of the matching methods.
 
     Returns:
         The trained parameters.
     """
-    init_key, shuffle_key, augment_key = jax.random.split(key, 3)
     set_size = images.shape[0]
     batch_size = min(protocol.batch_size, set_size)
     steps_per_epoch = protocol.batches_per_epoch(set_size)
     total_steps = protocol.total_steps(set_size)
     optimizer = make_optimizer(protocol, total_steps, steps_per_epoch)
-    if params is None:
-        params = model.init(init_key)
 
     def batch_loss(p, x, y, mask):
         return loss_fn(model.apply(p, x), y, protocol.loss, mask)
@@ -190,26 +230,48 @@ def train_on_set(
     return params
 
 
+def train_on_set(
+    key: PRNGKey,
+    model: Model,
+    images: Array,
+    labels: Array,
+    protocol: Protocol,
+    params: Optional[Params] = None,
+    augment: Optional[Callable[[PRNGKey, Array], Array]] = None,
+) -> Params:
+    """Trains one network on ``(images, labels)`` with ``protocol`` (:func:`train_loop`).
+
+    Args:
+        key: typed key; split into initialisation, shuffling and augmentation keys.
+        model: the network.
+        images, labels: the training set (hard or soft labels).
+        protocol: optimiser, schedule, epochs, batch size, loss.
+        params: start here instead of ``model.init`` (e.g. DD's fixed initialisation).
+        augment: per-sample augmentation ``augment(key, x) -> x``; None for none.
+
+    Returns:
+        The trained parameters.
+    """
+    init_key, shuffle_key, augment_key = jax.random.split(key, 3)
+    if params is None:
+        params = model.init(init_key)
+    return train_loop(model, params, images, labels, protocol, shuffle_key=shuffle_key, augment=augment,
+                      augment_key=augment_key)
+
+
 def accuracy(model: Model, params: Params, images: Array, labels: Array, batch_size: int = 1000) -> Array:
-    """Top-1 accuracy of one network, in chunks of ``batch_size`` (``lax.map``) to bound memory."""
-    count = images.shape[0]
-    batch_size = min(batch_size, count)
-    chunks = math.ceil(count / batch_size)
-    pad = chunks * batch_size - count
-    xs = jnp.concatenate([images, jnp.zeros((pad,) + images.shape[1:], images.dtype)])
-    ys = jnp.concatenate([labels, jnp.full((pad,), -1, labels.dtype)])
+    """Top-1 accuracy of one network, in chunks of ``batch_size`` rows (:func:`~jaxdd.sharding.map_chunks`)."""
 
     def correct(chunk):
         x, y = chunk
-        return jnp.sum(jnp.argmax(model.apply(params, x), -1) == y)
+        return jnp.argmax(model.apply(params, x), -1) == y
 
-    hits = jax.lax.map(correct, (xs.reshape((chunks, batch_size) + images.shape[1:]), ys.reshape(chunks, batch_size)))
-    return hits.sum() / count
+    return jnp.sum(map_chunks(correct, (images, labels), batch_size)) / images.shape[0]
 
 
 # ----------------------------------------------------------------------------------------------
-# DD unroll primitives (section owned by the DD contributor, issue 4): differentiable plain-GD
-# unrolls in the style of Dataset Distillation (Wang et al. 2018).
+# Plain-GD unrolls in the style of Dataset Distillation (Wang et al. 2018): differentiable, and
+# the trainer that evaluates a set the way DD uses it.
 
 
 def gd_unroll(step_loss, params: Params, step_batches, lrs: Array, *, checkpoint: str = "none") -> Params:
@@ -298,13 +360,15 @@ def train_gd_steps(
     protocol: Protocol,
     params: Optional[Params] = None,
     step_sizes: Optional[Array] = None,
+    *,
+    steps: int = 1,
 ) -> Params:
-    """DD's way of using a set: T = S x E plain GD steps, each on its own batch (the ``dd`` trainer).
+    """DD's way of using a set: T = S x E plain GD steps, each on its own batch.
 
     With learned ``step_sizes`` of shape (E, S) (a DD set), ``images`` are in step order: batch s
     is ``images[s*B:(s+1)*B]`` and step t uses batch ``t mod S`` with size ``step_sizes.flat[t]``.
-    Without them, S = ``protocol.fixed_lr_steps`` batches from :func:`split_steps`, cycled
-    ``protocol.epochs`` times with the fixed step size ``protocol.lr`` (DD's baselines).
+    Without them, S = ``steps`` batches from :func:`split_steps`, cycled ``protocol.epochs``
+    times with the fixed step size ``protocol.lr`` (DD's baselines).
     ``theta_{t+1} = theta_t - eta_t grad l(batch_{t mod S}, theta_t)`` from ``params`` (fixed
     init) or ``model.init(key)``.
     """
@@ -317,7 +381,6 @@ def train_gd_steps(
         step_labels = labels.reshape((steps, batch) + labels.shape[1:])
         lrs = step_sizes.reshape(-1)
     else:
-        steps = protocol.fixed_lr_steps or 1
         step_images, step_labels = split_steps(images, labels, steps)
         lrs = jnp.full((steps * protocol.epochs,), protocol.lr, jnp.float32)
 
@@ -326,3 +389,17 @@ def train_gd_steps(
         return loss_fn(model.apply(theta, x), y, protocol.loss)
 
     return gd_unroll(step_loss, params, (step_images, step_labels), lrs)
+
+
+@dataclasses.dataclass(frozen=True)
+class CycledGD:
+    """A protocol trainer (``Protocol.trainer``) that runs :func:`train_gd_steps`.
+
+    Attributes:
+        steps: S, the class-balanced batches a set without learned step sizes is cut into.
+    """
+
+    steps: int = 1
+
+    def __call__(self, key, model, images, labels, protocol, params=None, step_sizes=None) -> Params:
+        return train_gd_steps(key, model, images, labels, protocol, params, step_sizes, steps=self.steps)

@@ -11,6 +11,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxdd.types import Model
@@ -26,20 +27,25 @@ def real_data_dir() -> Path | None:
     return Path(root) if root and Path(root).is_dir() else None
 
 
-def tiny_mlp(num_inputs: int = 64, hidden: int = 32, num_classes: int = 10) -> Model:
-    """A two-layer MLP as a plain init/apply pair (no Flax), for fast mathematical tests."""
+def tiny_mlp(num_inputs: int = 64, hidden: int = 32, num_classes: int = 10, act=jax.nn.relu, dtype=None) -> Model:
+    """A two-layer MLP as a plain init/apply pair (no Flax), for fast mathematical tests.
+
+    ``embed = act(flatten(x) @ w1 + b1)``, ``apply = embed @ w2 + b2``; weights N(0, 1/fan_in),
+    zero biases. ``act=jnp.tanh`` makes it smooth (finite differences exact); ``dtype`` None is
+    JAX's default float (float64 under ``jax.enable_x64``).
+    """
 
     def init(key):
         k1, k2 = jax.random.split(key)
         return {
-            "w1": jax.random.normal(k1, (num_inputs, hidden)) / jnp.sqrt(num_inputs),
-            "b1": jnp.zeros(hidden),
-            "w2": jax.random.normal(k2, (hidden, num_classes)) / jnp.sqrt(hidden),
-            "b2": jnp.zeros(num_classes),
+            "w1": jax.random.normal(k1, (num_inputs, hidden), dtype) / float(np.sqrt(num_inputs)),
+            "b1": jnp.zeros(hidden, dtype),
+            "w2": jax.random.normal(k2, (hidden, num_classes), dtype) / float(np.sqrt(hidden)),
+            "b2": jnp.zeros(num_classes, dtype),
         }
 
     def embed(params, x):
-        return jax.nn.relu(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"])
+        return act(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"])
 
     def apply(params, x):
         return embed(params, x) @ params["w2"] + params["b2"]

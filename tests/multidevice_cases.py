@@ -33,11 +33,11 @@ DISTILL_MESHES = ("data=4,model=2",)
 """Meshes of the distillation cases: batches split 4 ways, the stacked networks 2 ways."""
 
 DISTILL_CASES = {
-    # method: (ipc, options); iterations few, stacked networks >1 so that `model` splits them.
+    # method: (ipc, config overrides); iterations few, stacked networks >1 so that `model` splits them.
     "dc": (1, {"iterations": 2, "num_inits": 2}),
     "dm": (1, {"iterations": 3, "num_nets": 4}),
     "dd": (1, {"iterations": 3, "steps": 1, "epochs": 2, "init": "random", "num_inits": 2}),
-    "frepo": (2, {"iterations": 3, "frepo_pool": 2}),
+    "frepo": (2, {"iterations": 3, "pool_size": 2}),
 }
 
 
@@ -69,12 +69,14 @@ def distill_case(method: str, mesh=None) -> dict:
     The first 1344 training images (a multiple of 8), so that the real pool is split on ``data``.
     """
     ds = digits()
-    ipc, options = DISTILL_CASES[method]
+    ipc, overrides = DISTILL_CASES[method]
+    spec = methods.get_method(method)
+    config = methods.resolve_config(spec, "smoke", ipc, "digits", overrides, num_classes=10)
     request = methods.DistillRequest(
         images=ds.x_train[:1344], labels=ds.y_train[:1344], num_classes=10, model=tiny_convnet(), ipc=ipc,
-        preset="smoke", key=jax.random.key(2), options=options, dataset="digits", arch="ConvNet",
+        preset="smoke", key=jax.random.key(2), config=config, dataset="digits", arch="ConvNet",
     )
-    made = methods.get_method(method).make(request)
+    made = spec.make(request)
     losses: list[float] = []
     state = distill.run(made, jax.random.key(3), progress=False, mesh=mesh, on_step=lambda _, m: losses.append(m["loss"]))
     return {"images": np.asarray(made.to_synset(state).images).tolist(), "losses": losses}

@@ -1,4 +1,4 @@
-"""Tests for jaxdd.data: registry, loading, confusion guards, sampling and ZCA."""
+"""Tests for jaxdd.data: registry, loading, confusion guards and ZCA."""
 
 import os
 from pathlib import Path
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from jaxdd import data
-from jaxdd.data import (DATASETS, DataError, available_datasets, class_counts, denormalize,
-                        load_dataset, sample_batch, sample_class, sample_per_class, zca_apply,
+from jaxdd.data import (DATASETS, DataError, available_datasets, denormalize, load_dataset, zca_apply,
                         zca_fit, zca_invert)
+from jaxdd.sampling import class_counts
 
 REAL_DATA = Path(os.environ.get("JAXDD_DATA_DIR")
                  or Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -34,7 +34,7 @@ def raw_pixels(ds, x):
 
 
 def test_registry_is_consistent():
-    assert set(DATASETS) == {"digits", "mnist", "fashion_mnist", "usps", "cifar10", "cifar100",
+    assert set(DATASETS) == {"digits", "digits28", "mnist", "fashion_mnist", "usps", "cifar10", "cifar10_gray28", "cifar100",
                              "svhn_cropped"}
     for name, info in DATASETS.items():
         assert info.name == name
@@ -89,79 +89,6 @@ def test_denormalize_recovers_pixels():
     assert pix.min() >= 0 and pix.max() <= 1
     # digits pixels are multiples of 1/16
     np.testing.assert_allclose(pix * 16, np.round(pix * 16), atol=1e-4)
-
-
-# ---------------------------------------------------------------------------------- sampling
-
-
-@pytest.fixture
-def toy():
-    n = 60
-    images = jnp.arange(n, dtype=jnp.float32).reshape(n, 1, 1, 1)  # image i holds value i
-    labels = jnp.arange(n, dtype=jnp.int32) % 6  # 10 images per class
-    return images, labels
-
-
-def ids(x):
-    return np.asarray(x).reshape(-1).astype(int)
-
-
-def test_sample_class_distinct_of_class_and_deterministic(toy):
-    images, labels = toy
-    key = jax.random.key(0)
-    got = ids(sample_class(key, images, labels, 4, 7))
-    assert len(set(got)) == 7 and np.all(got % 6 == 4)
-    np.testing.assert_array_equal(got, ids(sample_class(key, images, labels, 4, 7)))
-    others = {tuple(ids(sample_class(jax.random.key(s), images, labels, 4, 7))) for s in range(8)}
-    assert len(others) > 1
-    full = ids(sample_class(key, images, labels, 2, 10))  # the whole class
-    assert sorted(full) == list(range(2, 60, 6))
-    with pytest.raises(ValueError, match="has 10"):
-        sample_class(key, images, labels, 2, 11)
-
-
-def test_sample_class_jit_traced_class_and_vmap(toy):
-    images, labels = toy
-    fn = jax.jit(sample_class, static_argnums=4)
-    for c in range(6):
-        got = ids(fn(jax.random.key(c), images, labels, jnp.int32(c), 5))
-        assert len(set(got)) == 5 and np.all(got % 6 == c)
-        np.testing.assert_array_equal(
-            got, ids(sample_class(jax.random.key(c), images, labels, c, 5)))
-    keys = jax.random.split(jax.random.key(1), 6)
-    batched = jax.vmap(sample_class, in_axes=(0, None, None, 0, None))
-    out = jax.jit(batched, static_argnums=4)(keys, images, labels, jnp.arange(6), 3)
-    assert out.shape == (6, 3, 1, 1, 1)
-    for c in range(6):
-        got = ids(out[c])
-        assert len(set(got)) == 3 and np.all(got % 6 == c)
-
-
-def test_sample_per_class(toy):
-    images, labels = toy
-    key = jax.random.key(3)
-    out = jax.jit(sample_per_class, static_argnums=(3, 4))(key, images, labels, 4, 6)
-    assert out.shape == (6, 4, 1, 1, 1)
-    for c in range(6):
-        got = ids(out[c])
-        assert len(set(got)) == 4 and np.all(got % 6 == c)
-    np.testing.assert_array_equal(out, sample_per_class(key, images, labels, 4, 6))
-    with pytest.raises(ValueError, match="smallest class"):
-        sample_per_class(key, images, labels, 11, 6)
-
-
-def test_sample_batch(toy):
-    images, labels = toy
-    x, y = jax.jit(sample_batch, static_argnums=3)(jax.random.key(5), images, labels, 20)
-    got = ids(x)
-    assert len(set(got)) == 20
-    np.testing.assert_array_equal(np.asarray(y), got % 6)
-    x2, _ = sample_batch(jax.random.key(5), images, labels, 20)
-    np.testing.assert_array_equal(x, x2)
-
-
-def test_class_counts():
-    np.testing.assert_array_equal(class_counts(jnp.array([0, 2, 2, 3]), 5), [1, 0, 2, 1, 0])
 
 
 # --------------------------------------------------------------------------------------- ZCA

@@ -111,17 +111,6 @@ def test_dm_vmapped_loss_equals_loop_and_is_zero_for_same_images():
     assert float(dm.dm_loss(model, params, real, real, key, strategy)) < 1e-8
 
 
-def test_sample_real_draws_distinct_images_of_the_class():
-    labels = jnp.array([0, 1, 0, 2, 1, 0, 2, 2, 1, 0], jnp.int32)
-    images = jnp.arange(10, dtype=jnp.float32).reshape(10, 1, 1, 1)
-    real = dc.group_by_class(images, labels, 3)
-    assert dc.min_class_count(real) == 3
-    batch = dc.sample_real(jax.random.key(0), real, 3)
-    for c in range(3):
-        rows = np.asarray(batch[c]).ravel().astype(int)
-        assert len(set(rows)) == 3 and all(labels[r] == c for r in rows)
-
-
 def test_step_traces_once_and_uses_a_batch_of_initialisations():
     model = tiny_convnet()
     key = jax.random.key(0)
@@ -145,18 +134,46 @@ def test_step_traces_once_and_uses_a_batch_of_initialisations():
 
 
 def test_presets_and_options_reach_the_config():
+    from jaxdd.methods import request_config, resolve_config
+
+    overrides = {"init": "noise", "metric": "mse", "iterations": "7"}
+    config = resolve_config(get_method("dsa"), "cpu", 10, "mnist", overrides, num_classes=2)
+    assert (config.init, config.metric, config.iterations, config.num_classes) == ("noise", "mse", 7, 2)
+    assert config.dsa_strategy == "color_crop_cutout_scale_rotate" and config.loops == (10, 10)
+    assert resolve_config(get_method("dc"), "cpu", 10, "mnist").dsa_strategy == ""
     request = DistillRequest(
         images=jnp.zeros((6, 4, 4, 1)), labels=jnp.array([0, 1] * 3, jnp.int32), num_classes=2,
-        model=tiny_convnet(num_classes=2), ipc=10, preset="cpu", key=jax.random.key(0),
-        options={"syn_init": "noise", "match_metric": "mse", "iterations": 7}, dataset="mnist",
+        model=tiny_convnet(num_classes=2), ipc=10, preset="smoke", key=jax.random.key(0), dataset="mnist",
     )
-    config = dc.config_from_request(request, dsa=True)
-    assert (config.init, config.metric, config.iterations) == ("noise", "mse", 7)
-    assert config.dsa_strategy == "color_crop_cutout_scale_rotate" and config.loops == (10, 10)
-    assert dc.config_from_request(request, dsa=False).dsa_strategy == ""
-    assert dc.default_loops(10) == (10, 50) and dc.default_loops(1) == (1, 1)
+    assert request_config(request, dc.default_config) == dc.default_config("smoke", 10, "mnist")._replace(num_classes=2)
+    assert dc.dc_loops(10) == (10, 50) and dc.dc_loops(1) == (1, 1)
     for name in ("dc", "dsa", "dm", "herding", "kcenter", "forgetting", "kmeans"):
         assert get_method(name).name == name
+
+
+def test_loops_outside_the_reference_table_are_refused():
+    """The reference's get_loops exits for img/cls outside its table; so do we, unless both are given."""
+    assert dc.dc_loops(20) == (20, 25) and dc.dc_loops(50, inner_loop=3) == (50, 3)
+    assert dc.dc_loops(3, outer_loop=3, inner_loop=7) == (3, 7)
+    for ipc in (2, 5, 11, 19):
+        with pytest.raises(ValueError, match="--outer-loop and --inner-loop"):
+            dc.dc_loops(ipc)
+        with pytest.raises(ValueError, match="--outer-loop and --inner-loop"):
+            dc.dc_loops(ipc, outer_loop=4)
+
+
+def test_batchnorm_networks_are_refused_for_matching():
+    """Per-class batches would normalise ConvNetBN by one class's statistics: refused with a message."""
+    from jaxdd import models
+
+    images = jax.random.normal(jax.random.key(0), (12, 8, 8, 1))
+    labels = jnp.arange(12, dtype=jnp.int32) % 3
+    config = dc.DCConfig(num_classes=3, ipc=1, iterations=1, batch_real=2)
+    bn = models.get_model("ConvNetBN", (8, 8, 1), 3, width=4, depth=1)
+    with pytest.raises(ValueError, match="not ConvNetBN"):
+        dc.build(bn, images, labels, config)
+    for arch in ("ConvNet", "ConvNetGN", "ConvNetLN"):  # per-example norms pass
+        dc.build(models.get_model(arch, (8, 8, 1), 3, width=4, depth=1), images, labels, config)
 
 
 def test_smoke_dc_on_digits_beats_random_real(digits):

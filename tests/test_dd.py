@@ -8,30 +8,17 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+import conftest
 from jaxdd.evaluate import evaluate_synset, get_protocol
 from jaxdd.methods import DistillRequest, get_method
 from jaxdd.methods import dd
-from jaxdd.train import gd_unroll, loss_fn, split_steps, train_gd_steps
+from jaxdd.train import CycledGD, gd_unroll, loss_fn, split_steps, train_gd_steps
 from jaxdd.types import Model
 
 
 def tiny_mlp(in_dim: int, hidden: int, classes: int, dtype=jnp.float32) -> Model:
-    """A two-layer tanh MLP as a pure (init, apply) pair (smooth, so finite differences are exact)."""
-
-    def init(key):
-        k1, k2 = jax.random.split(key)
-        return {
-            "w1": jax.random.normal(k1, (in_dim, hidden), dtype) / np.sqrt(in_dim),
-            "b1": jnp.zeros((hidden,), dtype),
-            "w2": jax.random.normal(k2, (hidden, classes), dtype) / np.sqrt(hidden),
-            "b2": jnp.zeros((classes,), dtype),
-        }
-
-    def apply(params, x):
-        h = jnp.tanh(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"])
-        return h @ params["w2"] + params["b2"]
-
-    return Model(init, apply)
+    """conftest's MLP with tanh (smooth, so finite differences are exact)."""
+    return conftest.tiny_mlp(in_dim, hidden, classes, act=jnp.tanh, dtype=dtype)
 
 
 def test_scan_unroll_equals_python_loop():
@@ -166,7 +153,7 @@ def test_smoke_on_digits_beats_random_real(init):
     x_train, y_train, x_test, y_test = _digits()
     model = tiny_mlp(64, 32, 10)
     request = DistillRequest(images=x_train, labels=y_train, num_classes=10, model=model, ipc=1, preset="smoke",
-                             key=jax.random.key(0), options={"init": init, "steps": 1, "epochs": 3})
+                             key=jax.random.key(0), config=dd.default_config("smoke", 1, "")._replace(init=init, steps=1))
     method = get_method("dd").make(request)
     assert method.config["unrolled_steps"] == 3
     state = distill.run(method, jax.random.key(0), progress=False)
@@ -177,7 +164,7 @@ def test_smoke_on_digits_beats_random_real(init):
     real = coreset.random_real(jax.random.key(2), x_train, y_train, 10, 1)
     best = max(  # the baseline gets the better of two fixed step sizes
         evaluate_synset(jax.random.key(1), model, real.images, real.labels, x_test, y_test,
-                        get_protocol("dd", fixed_lr_steps=1, lr=lr), num_models=8, init_params=theta0).mean
+                        get_protocol("dd", trainer=CycledGD(steps=1), lr=lr), num_models=8, init_params=theta0).mean
         for lr in (0.3, 1.0))
     assert ours.mean > best + 0.1, (ours.mean, best)
 
@@ -204,7 +191,7 @@ def test_outer_step_compiles_once():
     import chex
 
     model = tiny_mlp(4, 3, 3)
-    config = dd.DDConfig(steps=2, epochs=2, ipc_per_step=1, init="random", num_init=2, real_batch=8)
+    config = dd.DDConfig(steps=2, epochs=2, ipc_per_step=1, init="random", num_inits=2, real_batch=8)
     init, step = dd.make_functions(config, model, (4,), 3)
     real = (jax.random.normal(jax.random.key(0), (32, 4)), jax.random.randint(jax.random.key(1), (32,), 0, 3))
     jitted = jax.jit(chex.assert_max_traces(step, n=1))

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdd.distill import NonFiniteError, run
+from jaxdd.distill import CheckpointError, NonFiniteError, run
 from jaxdd.methods import IterativeMethod
 from jaxdd.types import SynSet
 
@@ -56,10 +56,22 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, straight, resumed)
 
 
-def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
-    run(toy_method(), jax.random.key(0), checkpoint_dir=tmp_path, stop_at=2, progress=False)
-    with pytest.raises(ValueError, match="another configuration"):
-        run(toy_method(lr=0.5), jax.random.key(0), checkpoint_dir=tmp_path, resume=True, progress=False)
+def test_resume_refuses_a_checkpoint_of_another_run_naming_the_fields(tmp_path):
+    identity = {"dataset": "digits", "data": "ab12", "arch": "ConvNet", "seed": 7}
+    run(toy_method(), jax.random.key(0), checkpoint_dir=tmp_path, identity=identity, stop_at=2, progress=False)
+    before = (tmp_path / "checkpoint.npz").read_bytes()
+    cases = [
+        (toy_method(lr=0.5), jax.random.key(0), identity, r"\(method_config.lr: 0.1 -> 0.5\)"),
+        (toy_method(), jax.random.key(1), identity, r"\(key: \[0, 0\] -> \[0, 1\]\)"),
+        (toy_method(), jax.random.key(0), {**identity, "dataset": "mnist", "seed": 8}, r'\(dataset: "digits" -> "mnist"; seed: 7 -> 8\)'),
+        (toy_method(), jax.random.key(0), {**identity, "zca": True}, r"\(zca: \(absent\) -> true\)"),
+    ]
+    for method, key, other, message in cases:
+        with pytest.raises(CheckpointError, match=message):
+            run(method, key, checkpoint_dir=tmp_path, identity=other, resume=True, progress=False)
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before
+    resumed = run(toy_method(), jax.random.key(0), checkpoint_dir=tmp_path, identity=identity, resume=True, progress=False)
+    jax.tree.map(np.testing.assert_array_equal, resumed, run(toy_method(), jax.random.key(0), progress=False))
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -76,6 +88,26 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         run(method, jax.random.key(0), checkpoint_dir=tmp_path, checkpoint_every=2, progress=False)
     with np.load(tmp_path / "checkpoint.npz") as stored:
         assert int(stored["__step__"]) == 4
+        assert all(np.all(np.isfinite(stored[name])) for name in stored.files if name.startswith("leaf_"))
+
+
+def test_a_nan_found_late_is_never_checkpointed(tmp_path):
+    """Metrics are read in batches (sync_every); a checkpoint is written only after every step before it was read back finite."""
+    method = toy_method(num_steps=50)
+    inner_step = method.step
+
+    def poisoned_step(state, real_data, key):
+        state, metrics = inner_step(state, real_data, key)
+        count = state["opt"][0].count
+        return {**state, "images": jnp.where(count >= 5, jnp.inf, state["images"])}, metrics  # the state, not the loss
+
+    seen = []
+    with pytest.raises(NonFiniteError, match=r"step 4: .*\(step 3\)"):
+        run(method._replace(step=poisoned_step), jax.random.key(0), checkpoint_dir=tmp_path, checkpoint_every=3,
+            sync_every=7, on_step=lambda step, metrics: seen.append(step), progress=False)
+    assert seen == [0, 1, 2, 3]
+    with np.load(tmp_path / "checkpoint.npz") as stored:
+        assert int(stored["__step__"]) == 3
         assert all(np.all(np.isfinite(stored[name])) for name in stored.files if name.startswith("leaf_"))
 
 

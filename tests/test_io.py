@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdd.io import SynSetError, load_synset, save_synset, to_pixels
+from jaxdd.io import SynSetError, load_synset, meta_hash, save_synset, to_pixels
 from jaxdd.types import SynSet
 
-META = {"dataset": "digits", "image_shape": [8, 8, 1], "num_classes": 3, "mean": [0.3], "std": [0.4], "method": "test", "seed": 7}
+META = {"dataset": "toy", "image_shape": [8, 8, 1], "num_classes": 3, "mean": [0.3], "std": [0.4], "method": "test", "seed": 7}
 
 
 def _set(soft=False, steps=False):
@@ -88,6 +88,10 @@ def test_missing_and_corrupt_files_are_refused(tmp_path):
     meta = json.loads((tmp_path / "d" / "synset.json").read_text())
     meta["image_shape"] = [28, 28, 1]
     (tmp_path / "d" / "synset.json").write_text(json.dumps(meta))
+    with pytest.raises(SynSetError, match="its own hash"):
+        load_synset(tmp_path / "d")
+    meta["meta_sha256"] = meta_hash(meta)  # an edit that also fixes the metadata hash
+    (tmp_path / "d" / "synset.json").write_text(json.dumps(meta))
     with pytest.raises(SynSetError, match="image_shape"):
         load_synset(tmp_path / "d")
 
@@ -95,4 +99,4 @@ def test_missing_and_corrupt_files_are_refused(tmp_path):
 def test_failed_save_leaves_nothing(tmp_path):
     with pytest.raises(TypeError):
         save_synset(tmp_path / "e", _set(), {**META, "config": {"bad": object()}})
-    assert list((tmp_path / "e").iterdir()) == []
+    assert not (tmp_path / "e").exists() and list(tmp_path.iterdir()) == []

@@ -7,23 +7,13 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxdd import krr
+from conftest import tiny_mlp
 from jaxdd.types import Model
 
 
 def tiny_model(in_dim: int = 12, width: int = 6, classes: int = 3) -> Model:
-    """A random-feature network: ``embed = tanh(flatten(x) @ A)``, ``apply = embed @ B``."""
-
-    def init(key):
-        ka, kb = jax.random.split(key)
-        return {"a": jax.random.normal(ka, (in_dim, width)) / np.sqrt(in_dim), "b": jax.random.normal(kb, (width, classes))}
-
-    def embed(p, x):
-        return jnp.tanh(x.reshape(x.shape[0], -1) @ p["a"])
-
-    def apply(p, x):
-        return embed(p, x) @ p["b"]
-
-    return Model(init, apply, embed)
+    """conftest's MLP with tanh: random features ``embed = tanh(flatten(x) @ w1)`` (zero bias)."""
+    return tiny_mlp(in_dim, width, classes, act=jnp.tanh)
 
 
 def _data(n, d, c, seed):
@@ -93,7 +83,7 @@ def test_analytic_labels_reproduce_targets_as_ridge_vanishes():
         assert errors[2] < 1e-7
 
 
-def test_analytic_labels_ensemble_through_models():
+def test_label_weights_ensemble_through_models():
     # The Model-level ensemble equals averaging the per-network solves done one by one.
     model = tiny_model(width=16)
     with jax.enable_x64(True):
@@ -101,13 +91,39 @@ def test_analytic_labels_ensemble_through_models():
         x_t = jnp.asarray(rng.normal(size=(8, 2, 2, 3)))
         y_t = jnp.asarray(np.eye(3)[rng.integers(0, 3, 8)])
         keys = jax.random.split(jax.random.key(1), 3)
-        got = krr.analytic_labels_ensemble(model, keys, x_t, y_t, x_t, reg=1e-10)
+        params, weights = krr.label_weights_ensemble(model, keys, x_t, y_t, reg=1e-10)
+        got = krr.predict_labels_ensemble(model, params, weights, x_t)
         one_by_one = []
         for k in keys:
             p = model.init(k)
             one_by_one.append(krr.analytic_labels(model.embed(p, x_t), y_t, model.embed(p, x_t), 1e-10))
         np.testing.assert_allclose(np.asarray(got), np.mean(np.stack(one_by_one), 0), rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(np.asarray(got), np.asarray(y_t), atol=1e-5)  # 8 samples <= 16 features
+
+
+def test_near_singular_float32_kernel_at_frepo_ridge():
+    """Rank 20 < n = 300 at ridge 1e-6: float32 Cholesky fails (NaN on CPU); dtype=float64 gives the float64 solve."""
+    f = jax.random.normal(jax.random.key(0), (300, 20), jnp.float32)
+    y = jax.nn.one_hot(jnp.arange(300) % 10, 10, dtype=jnp.float32)
+    k = f @ f.T
+    f64, y64, k64 = (np.asarray(a, np.float64) for a in (f, y, k))
+    expected = np.linalg.solve(k64 + 1e-6 * np.trace(k64) / 300 * np.eye(300), y64)
+    in_float32 = np.asarray(krr.ridge_solve(k, y, 1e-6))
+    assert not np.all(np.isfinite(in_float32)) or np.abs(in_float32 - expected).max() > 1e-2 * np.abs(expected).max()
+    with jax.enable_x64(True):
+        got = krr.ridge_solve(k, y, 1e-6, dtype=jnp.float64)
+        assert got.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(got)))
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+        # the prediction from float32 features, its kernels formed in float64 too
+        kq = f64[:7] @ f64.T
+        k_exact = f64 @ f64.T
+        pred = kq @ np.linalg.solve(k_exact + 1e-6 * np.trace(k_exact) / 300 * np.eye(300), y64)
+        got = krr.krr_predict(f[:7], f, y, 1e-6, dtype=jnp.float64)
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(got), pred, rtol=1e-5, atol=1e-5)
+    if not jax.config.jax_enable_x64:
+        with pytest.raises(ValueError, match="jax_enable_x64"):
+            krr.ridge_solve(k, y, 1e-6, dtype=jnp.float64)
 
 
 def test_kip_label_solve_is_the_least_squares_optimum():

@@ -1,4 +1,4 @@
-"""MGDD: first-order MAML, the generator and its files, adaptation/deployment, FRePo, and a smoke run."""
+"""MGDD: first-order MAML, the set generator, pre-training through the driver, adaptation, files."""
 
 import json
 
@@ -7,7 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd.methods import DistillRequest, IterativeMethod, frepo, get_method, mgdd
+from conftest import tiny_mlp
+from jaxdd.distill import run
+from jaxdd.methods import DistillRequest, mgdd
+
+TINY = dict(width=4, depth=2, embed=8, gate=0.05)
 
 
 def test_fomaml_matches_hand_computation_on_a_quadratic():
@@ -33,33 +37,69 @@ def test_fomaml_matches_hand_computation_on_a_quadratic():
     np.testing.assert_allclose(np.asarray(inner_losses), [0.5 * a * np.sum((w0 - c0) ** 2), 0.5 * a * np.sum((w1 - c1) ** 2)], rtol=1e-5)
 
 
-def test_generator_starts_as_identity_at_any_size():
-    gen = mgdd.make_generator(channels=1, width=4, dilations=(1, 2))
+def _set(key, classes=3, n=2, size=8):
+    x = jax.random.normal(key, (classes * n, size, size, 1))
+    y = jax.nn.softmax(3.0 * jax.random.normal(jax.random.fold_in(key, 1), (classes * n, classes)))
+    return x, y
+
+
+def test_every_generator_parameter_gets_gradient_at_init():
+    """No dead start: the eq.-1 loss has a non-zero gradient in every leaf, and the output is
+    affine in the gate, g = x + gate * delta (checked against the same network at another gate)."""
+    gen = mgdd.make_generator(1, **TINY)
     params = gen.init(jax.random.key(0))
-    for shape in ((3, 8, 8, 1), (2, 28, 28, 1)):
-        x = jax.random.normal(jax.random.key(1), shape)
-        np.testing.assert_array_equal(np.asarray(gen.apply(params, x)), np.asarray(x))
+    x, y = _set(jax.random.key(1))
+    model = tiny_mlp(64, 16, 3)
+    x_t, y_t = _set(jax.random.key(2), n=4)
+
+    def loss(p):
+        return mgdd.mgdd_loss(gen, model, p, jax.random.key(3), x_t, y_t, x, y, num_nets=2, reg=1e-2)
+
+    grads = jax.grad(loss)(params)
+    flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+    assert len(flat) >= 10
+    for path, g in flat:
+        assert float(jnp.max(jnp.abs(g))) > 0.0, jax.tree_util.keystr(path)
+    out = gen.apply(params, x, y)
+    doubled = jax.tree_util.tree_map_with_path(lambda p, v: 2 * v if "gate" in jax.tree_util.keystr(p) else v, params)
+    np.testing.assert_allclose(np.asarray(gen.apply(doubled, x, y) - x), 2 * np.asarray(out - x), rtol=1e-5, atol=1e-6)
+    assert 0.0 < float(jnp.max(jnp.abs(out - x))) < 0.5 * float(jnp.max(jnp.abs(x)))  # near, not at, the identity
+
+
+def test_output_depends_on_label_and_own_class_set_and_is_permutation_equivariant():
+    gen = mgdd.make_generator(1, **TINY)
+    params = gen.init(jax.random.key(0))
+    x, y = _set(jax.random.key(1), classes=3, n=3)
+    out = np.asarray(gen.apply(params, x, y))
+    # image 0 (class 0): change its label only
+    y2 = y.at[0].set(y[1])
+    assert np.abs(np.asarray(gen.apply(params, x, y2))[0] - out[0]).max() > 1e-6
+    # change another image of class 0 (image 2), image 0 itself untouched
+    x3 = x.at[2].set(-x[2])
+    assert np.abs(np.asarray(gen.apply(params, x3, y))[0] - out[0]).max() > 1e-6
+    # permuting images (with their labels) inside a class permutes the outputs
+    perm = jnp.array([2, 0, 1, 3, 4, 5, 8, 6, 7])
+    np.testing.assert_allclose(np.asarray(gen.apply(params, x[perm], y[perm])), out[np.asarray(perm)], rtol=1e-5, atol=1e-6)
+    # any set size, including one image per class
+    assert gen.apply(params, x[::3], y[::3]).shape == (3, 8, 8, 1)
 
 
 def test_generator_files_round_trip_and_errors(tmp_path):
-    gen = mgdd.make_generator(channels=1, width=4, dilations=(1, 2))
+    gen = mgdd.make_generator(1, **TINY)
     params = jax.tree.map(lambda p: p + 0.5, gen.init(jax.random.key(0)))
-    meta = {"generator": {"channels": 1, "width": 4, "dilations": [1, 2]}, "source": "digits"}
     out = tmp_path / "g"
-    mgdd.save_generator(str(out), params, meta)
-    mgdd.save_generator(str(out), params, meta)  # overwriting an existing generator is atomic too
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g"]
+    mgdd.save_generator(str(out), params, {"generator": gen.arch, "source": "digits"})
+    (out / "checkpoint.npz").write_bytes(b"kept")
+    mgdd.save_generator(str(out), params, {"generator": gen.arch, "source": "digits"})  # overwrite keeps other files
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "generator.json", "generator.msgpack"]
     gen2, params2, meta2 = mgdd.load_generator(str(out))
     assert meta2["source"] == "digits"
-    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
-    np.testing.assert_allclose(np.asarray(gen2.apply(params2, x)), np.asarray(gen.apply(params, x)), rtol=1e-6)
-
+    x, y = _set(jax.random.key(1))
+    np.testing.assert_allclose(np.asarray(gen2.apply(params2, x, y)), np.asarray(gen.apply(params, x, y)), rtol=1e-6)
     with pytest.raises(mgdd.GeneratorError, match="not a generator directory"):
         mgdd.load_generator(str(tmp_path / "missing"))
     info = json.loads((out / "generator.json").read_text())
-    (out / "generator.json").write_text(json.dumps({**info, "generator": {"channels": 1, "width": 8, "dilations": [1, 2]}}))
+    (out / "generator.json").write_text(json.dumps({**info, "generator": {**gen.arch, "width": 8}}))
     with pytest.raises(mgdd.GeneratorError, match="do not match"):
         mgdd.load_generator(str(out))
     (out / "generator.json").write_text(json.dumps({**info, "format": "other"}))
@@ -69,84 +109,83 @@ def test_generator_files_round_trip_and_errors(tmp_path):
         mgdd.save_generator(str(tmp_path / "h"), params, {"source": "digits"})
 
 
-def test_sampling_by_class_gives_distinct_images_of_the_right_class():
-    labels = jnp.asarray(np.repeat(np.arange(3), [5, 7, 6]))
-    images = jnp.asarray(np.arange(18, dtype=np.float32)).reshape(18, 1, 1, 1)
-    by_class = mgdd.group_by_class(jax.random.key(0), images, labels, 3, max_per_class=100)
-    assert by_class.shape == (3, 5, 1, 1, 1)
-    picked = mgdd.sample_classes(jax.random.key(1), by_class, jnp.array([2, 0]), 4)
-    values = np.asarray(picked).reshape(2, 4).astype(int)
-    assert set(values[0]) <= set(range(12, 18)) and len(set(values[0])) == 4
-    assert set(values[1]) <= set(range(0, 5)) and len(set(values[1])) == 4
+def test_split_and_sampling_by_class_are_disjoint_and_distinct():
+    labels = jnp.asarray(np.repeat(np.arange(3), [5, 9, 6]))
+    images = jnp.asarray(np.arange(20, dtype=np.float32)).reshape(20, 1, 1, 1)
+    train, held = mgdd.split_by_class(jax.random.key(0), images, labels, 3, max_per_class=100, holdout_per_class=2)
+    assert np.asarray(train.counts).tolist() == [3, 7, 4] and np.asarray(held.counts).tolist() == [2, 2, 2]
+    for c, lo, hi in ((0, 0, 5), (1, 5, 14), (2, 14, 20)):
+        tr = set(np.asarray(train.images[c, : int(train.counts[c])]).ravel().astype(int))
+        he = set(np.asarray(held.images[c]).ravel().astype(int))
+        assert tr | he == set(range(lo, hi)) and not tr & he
+    picked = np.asarray(mgdd.sample_classes(jax.random.key(1), train, jnp.array([0, 1]), 3)).reshape(2, 3).astype(int)
+    assert len(set(picked[0])) == 3 and set(picked[0]) <= set(range(0, 5))  # class 0 has 3 valid rows of 7: all of them
+    x, y, c = mgdd.pool_sources([(images[:5], labels[:5], 3), (images[5:], labels[5:], 3)])
+    assert c == 6 and np.asarray(y).tolist() == [0] * 5 + [4] * 9 + [5] * 6
 
 
-def test_methods_are_registered_and_frepo_step_runs(digits):
-    from conftest import tiny_mlp
-
-    assert get_method("mgdd").default_protocol == "frepo"
-    request = DistillRequest(
-        images=digits.x_train, labels=digits.y_train, num_classes=10, model=tiny_mlp(64, 32, 10), ipc=2,
-        preset="smoke", key=jax.random.key(0), options={"iterations": 3, "frepo_labels": "kip"},
-    )
-    made = get_method("frepo").make(request)
-    assert isinstance(made, IterativeMethod) and made.num_steps == 3
-    state = made.init(jax.random.key(1))
-    step = jax.jit(made.step)
-    for i in range(3):
-        state, metrics = step(state, made.real_data, jax.random.key(i))
-        assert np.isfinite(float(metrics["loss"]))
-    synset = made.to_synset(state)
-    assert synset.images.shape == (20, 8, 8, 1) and synset.labels.shape == (20, 10)
-    assert int(state.ages.max()) < frepo.PRESETS["smoke"].max_age
-
-
-def test_smoke_pretrain_adapt_deploy_beats_random_real_at_one_image_per_class(digits, tmp_path):
-    """Digits -> generator (smoke preset) -> adapt at 1 img/cls -> deploy; the same initial images
-    with hard labels are the random-real baseline. Both are trained under one protocol (MSE, Adam)."""
-    from jaxdd.distill import run
-    from jaxdd.evaluate import evaluate_synset
+@pytest.fixture(scope="module")
+def pretrained(digits, tmp_path_factory):
+    """A smoke pre-training on the digits, run as a killed-then-resumed job through the driver."""
     from jaxdd.models import get_model
-    from jaxdd.train import Protocol
 
     model = get_model("ConvNet", (8, 8, 1), 10, width=16, depth=2)
-    config = mgdd.get_config("smoke", pretrain_steps=10)
-    generator = mgdd.make_generator(1, config.gen_width, config.gen_dilations)
-    params, history = mgdd.pretrain(jax.random.key(0), generator, model, digits.x_train, digits.y_train, 10, config)
-    assert len(history) == 2 and all(np.isfinite(loss) for _, loss in history)
-    meta = {"generator": {"channels": 1, "width": config.gen_width, "dilations": list(config.gen_dilations)}}
-    mgdd.save_generator(str(tmp_path / "gen"), params, meta)
+    config = mgdd.default_pretrain_config("smoke")
+    gen = mgdd.generator_from_config(1, config)
+    method = mgdd.make_pretrain(gen, model, digits.x_train, digits.y_train, 10, config, jax.random.key(0))
+    out = str(tmp_path_factory.mktemp("gen"))
+    run(method, jax.random.key(1), checkpoint_dir=out, stop_at=config.steps // 2, progress=False)
+    record = mgdd.pretrain_generator(method, gen, out, jax.random.key(1), resume=True, progress=False)
+    return method, record, out
 
-    request = DistillRequest(
-        images=digits.x_train, labels=digits.y_train, num_classes=10, model=model, ipc=1, preset="smoke",
-        key=jax.random.key(1), options={"generator": str(tmp_path / "gen")},
-    )
+
+def test_smoke_pretraining_lowers_the_heldout_meta_loss_and_keeps_its_curve_across_a_resume(pretrained):
+    method, record, out = pretrained
+    curve = json.loads(open(f"{out}/{mgdd.PRETRAIN_CURVE}").read())
+    assert curve["steps"] == mgdd.curve_steps(mgdd.default_pretrain_config("smoke"))  # points before the stop kept
+    assert curve["iterations"] == method.num_steps and mgdd.load_generator(out)[2]["pretrain_result"] == curve
+    assert record["heldout_loss_end"] < record["heldout_loss_start"], record
+
+
+def test_smoke_mgdd_beats_random_real_with_the_same_analytic_labels(pretrained, digits):
+    """Adapted generator vs the same initial images with the same analytic labels, one protocol."""
+    from jaxdd.evaluate import evaluate_synset
+    from jaxdd.train import Protocol
+
+    from jaxdd.models import get_model
+
+    _, _, out = pretrained
+    model = get_model("ConvNet", (8, 8, 1), 10, width=16, depth=2)
+    config = mgdd.default_config("smoke", 1, "digits")._replace(generator=out)
+    request = DistillRequest(images=digits.x_train, labels=digits.y_train, num_classes=10, model=model, ipc=1,
+                             preset="smoke", key=jax.random.key(1), config=config)
     method = mgdd.make(request)
-    state = run(method, jax.random.key(2), progress=False)
-    synset = method.to_synset(state)
-    assert synset.images.shape == (10, 8, 8, 1) and synset.labels.shape == (10, 10)
-    x_init = method.real_data.pools[0][0][0]  # the deployed set's initial images
+    synset = method.to_synset(run(method, jax.random.key(2), progress=False))
+    x_init = method.real_data.pools[0][0][0]
     np.testing.assert_allclose(np.asarray(synset.labels), np.asarray(mgdd.label_set(model, method.real_data.nets, x_init)))
-
     protocol = Protocol(name="smoke-mse", optimizer="adam", lr=1e-3, momentum=0.0, weight_decay=0.0, epochs=300, schedule="constant", loss="mse")
     key = jax.random.key(5)
-    ours = evaluate_synset(key, model, synset.images, synset.labels, digits.x_test, digits.y_test, protocol, 6)
-    random_real = evaluate_synset(key, model, x_init, jnp.eye(10), digits.x_test, digits.y_test, protocol, 6)
-    assert ours.mean > random_real.mean, (ours.mean, random_real.mean)
+    ours = evaluate_synset(key, model, synset.images, synset.labels, digits.x_test, digits.y_test, protocol, 8)
+    same_labels = evaluate_synset(key, model, x_init, synset.labels, digits.x_test, digits.y_test, protocol, 8)
+    assert ours.mean > same_labels.mean, (ours.mean, same_labels.mean)
 
 
 def test_cli_pretrain_generator_then_distill_mgdd(tmp_path, capsys):
     from jaxdd.cli import main
 
     gen = tmp_path / "gen"
-    assert main(["pretrain-generator", "--source", "digits", "--preset", "smoke", "--steps", "1", "--out", str(gen)]) == 0
+    argv = ["pretrain-generator", "--sources", "digits", "--preset", "smoke", "--steps", "2", "--val-every", "1",
+            "--arch", "MLP", "--out", str(gen), "--no-progress"]
+    assert main(argv) == 0
     meta = json.loads((gen / "generator.json").read_text())
-    assert meta["source"] == "digits" and meta["pretrain_steps"] == 1
+    assert meta["sources"] == ["digits"] and meta["pretrain_result"]["iterations"] == 2
+    assert (gen / "pretrain_curve.png").is_file() and (gen / "checkpoint.npz").is_file()
     out = tmp_path / "set"
     argv = ["distill", "--method", "mgdd", "--generator", str(gen), "--dataset", "digits", "--ipc", "2", "--preset", "smoke",
-            "--adapt-steps", "2", "--adapt-ipcs", "1,2", "--arch", "ConvNetD2", "--out", str(out), "--no-progress"]
+            "--adapt-steps", "2", "--adapt-ipcs", "1,2", "--arch", "MLP", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     saved = json.loads((out / "synset.json").read_text())
     assert saved["method"] == "mgdd" and saved["config"]["adapt_ipcs"] == [1, 2]
     capsys.readouterr()
-    assert main(["pretrain-generator", "--source", "digits", "--preset", "smoke", "--out", str(tmp_path / "x"), "--arch", "Nope"]) == 2
-    assert "error" in capsys.readouterr().err
+    assert main(["pretrain-generator", "--sources", "digits,nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown dataset" in capsys.readouterr().err

@@ -19,7 +19,7 @@ SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3)]
 SMALL = {"ConvNet": dict(width=8), "MLP": dict(width=16), "LeNet": {}, "AlexNet": {},
          "VGG11": dict(width=8), "ResNet18": dict(width=8), "AlexCifarNet": {}}
 FEATURES = {  # embed width for (arch, shape) under SMALL
-    "ConvNet": {(8, 8, 1): 8, (28, 28, 1): 8 * 16, (32, 32, 3): 8 * 16},
+    "ConvNet": {(8, 8, 1): 8 * 4, (28, 28, 1): 8 * 16, (32, 32, 3): 8 * 16},  # depth 2 on 8x8
     "MLP": 16, "LeNet": 84, "AlexNet": 3072, "VGG11": 64, "ResNet18": 64, "AlexCifarNet": 192,
 }
 
@@ -80,15 +80,28 @@ def test_reference_feature_sizes_and_parameter_counts():
         assert params["classifier"]["kernel"].shape == (128 * 4 * 4, 10)
         assert jax.eval_shape(model.embed, params, jnp.zeros((2,) + shape)).shape == (2, 2048)
         assert count(params) == n_params
-    # 8x8 digits: pad 1 everywhere, 8 -> 4 -> 2 -> 1.
+    # 8x8 digits: pad 1 everywhere, default depth 2 (8 -> 4 -> 2); depth 3 on request (-> 1).
     model = get_model("ConvNet", (8, 8, 1), 10)
-    assert jax.eval_shape(model.init, jax.random.key(0))["classifier"]["kernel"].shape == (128, 10)
+    assert jax.eval_shape(model.init, jax.random.key(0))["classifier"]["kernel"].shape == (128 * 2 * 2, 10)
+    deep = get_model("ConvNetD3", (8, 8, 1), 10)
+    assert jax.eval_shape(deep.init, jax.random.key(0))["classifier"]["kernel"].shape == (128, 10)
     # DD's AlexCifarNet has 1,756,426 parameters on CIFAR-10.
     alex = jax.eval_shape(get_model("AlexCifarNet", (32, 32, 3), 10).init, jax.random.key(0))
     assert count(alex) == 1_756_426 and alex["fc1"]["kernel"].shape == (4096, 384)
     with pytest.raises(ValueError, match="depth"):
         bad = get_model("ConvNet", (8, 8, 1), 10, depth=4)
         jax.eval_shape(bad.init, jax.random.key(0))
+
+
+def test_convnet_default_depth_keeps_every_map_at_least_4x4():
+    # Every conv + norm of the default ConvNet sees >= 4x4 maps; one more layer would not.
+    for (h, w), depth in (((32, 32), 3), ((28, 28), 3), ((16, 16), 3), ((8, 8), 2), ((12, 9), 2),
+                          ((4, 4), 1), ((2, 2), 1)):
+        assert models.convnet_depth(h, w) == depth, (h, w)
+        size = 32 if (h, w) == (28, 28) else min(h, w)
+        assert depth == 1 or size // 2 ** (depth - 1) >= 4
+        assert depth == 3 or size // 2 ** depth < 4
+    assert models.ConvNet(num_classes=10).depth is None  # resolved from the input at call time
 
 
 def _layers(params, prefix=()):

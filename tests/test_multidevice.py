@@ -165,7 +165,6 @@ def test_placement_helpers_and_constrain_without_mesh():
     x = jnp.arange(12.0).reshape(6, 2)
     assert sharding.shard_data(mesh, x).sharding.spec == jax.sharding.PartitionSpec("data")
     assert sharding.shard_data(mesh, x, axis=1).sharding.spec == jax.sharding.PartitionSpec(None, "data")
-    assert sharding.shard_models(mesh, {"w": x})["w"].sharding.spec == jax.sharding.PartitionSpec("model")
     key = sharding.replicate(mesh, jax.random.key(0))
     assert jax.random.key_data(key).tolist() == jax.random.key_data(jax.random.key(0)).tolist()
     with pytest.raises(ValueError, match="must exist and its size must divide"):

@@ -8,25 +8,54 @@ The selections themselves live in :mod:`jaxdd.coreset`.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 
 from jaxdd import coreset
-from jaxdd.methods import DistillRequest, MethodSpec, register
+from jaxdd.methods import DistillRequest, MethodSpec, register, request_config
+
+
+class FeatureConfig(NamedTuple):
+    """Options of the feature-space coresets (herding, k-center, forgetting).
+
+    Attributes:
+        feature_epochs: epochs of SGD (lr 0.01, momentum 0.9, batch 256) of the feature network on
+            the full real data (jaxdd's choice; the DC paper does not state how it trained it).
+    """
+
+    feature_epochs: int = 1
+
 
 FEATURE_EPOCHS: dict[str, int] = {"smoke": 2, "cpu": 1, "paper": 20}
-"""Epochs of the feature network on the full data, by preset (jaxdd's choice; the DC paper
-does not state how its feature network was trained)."""
+"""Epochs of the feature network by preset."""
 
 
-def _feature_epochs(request: DistillRequest) -> int:
-    if request.preset not in FEATURE_EPOCHS:
-        raise ValueError(f"unknown preset {request.preset!r}; known: {', '.join(FEATURE_EPOCHS)}")
-    return int(request.options.get("feature_epochs") or FEATURE_EPOCHS[request.preset])
+def feature_config(preset: str, ipc: int, dataset: str) -> FeatureConfig:
+    """The preset's :class:`FeatureConfig`."""
+    if preset not in FEATURE_EPOCHS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(FEATURE_EPOCHS)}")
+    return FeatureConfig(feature_epochs=FEATURE_EPOCHS[preset])
+
+
+class KMeansConfig(NamedTuple):
+    """Options of the k-means baseline.
+
+    Attributes:
+        iterations: Lloyd iterations per class.
+    """
+
+    iterations: int = 30
+
+
+def kmeans_config(preset: str, ipc: int, dataset: str) -> KMeansConfig:
+    """:class:`KMeansConfig` (the same for every preset)."""
+    return KMeansConfig()
 
 
 def _trained(request: DistillRequest):
     """Feature-network params and forgetting counts (SGD lr 0.01, momentum 0.9, batch 256)."""
-    epochs = _feature_epochs(request)
+    epochs = request_config(request, feature_config).feature_epochs
     params, counts = jax.jit(coreset.train_and_count_forgetting, static_argnums=(1, 4))(
         jax.random.fold_in(request.key, 1), request.model, request.images, request.labels, epochs
     )
@@ -53,21 +82,22 @@ def _forgetting(request: DistillRequest):
 
 
 def _kmeans(request: DistillRequest):
-    iterations = int(request.options.get("kmeans_iterations") or 30)
+    iterations = request_config(request, kmeans_config).iterations
     synset = coreset.kmeans(request.key, request.images, request.labels, request.num_classes, request.ipc, iterations)
     return synset, {"kmeans_iterations": iterations}
 
 
-OPTIONS = (("--feature-epochs", {"type": int, "default": None, "help": "coresets: epochs of the feature network"}),)
+FEATURES = {"config_type": FeatureConfig, "default_config": feature_config}
 
-register(MethodSpec("herding", "herding on trained-ConvNet features (DC's baseline)", _by_features(coreset.herding), OPTIONS))
-register(MethodSpec("kcenter", "greedy k-center on trained-ConvNet features (DC's baseline)", _by_features(coreset.kcenter), OPTIONS))
-register(MethodSpec("forgetting", "most forgotten images (Toneva et al. 2019)", _forgetting, OPTIONS))
+register(MethodSpec("herding", "herding on trained-ConvNet features (DC's baseline)", _by_features(coreset.herding), **FEATURES))
+register(MethodSpec("kcenter", "greedy k-center on trained-ConvNet features (DC's baseline)", _by_features(coreset.kcenter), **FEATURES))
+register(MethodSpec("forgetting", "most forgotten images (Toneva et al. 2019)", _forgetting, **FEATURES))
 register(
     MethodSpec(
         "kmeans",
         "per-class k-means centroids in pixel space (DD's baseline)",
         _kmeans,
-        (("--kmeans-iterations", {"type": int, "default": None, "help": "kmeans: Lloyd iterations (30)"}),),
+        config_type=KMeansConfig,
+        default_config=kmeans_config,
     )
 )

@@ -22,20 +22,18 @@ are the reference's alternatives.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import NamedTuple, Optional
+from typing import Literal, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxdd import augment
 from jaxdd.coreset import class_sorted_labels
-from jaxdd.methods import DistillRequest, IterativeMethod, MethodSpec, register
+from jaxdd.methods import DistillRequest, IterativeMethod, MethodSpec, register, request_config
+from jaxdd.sampling import RealByClass, group_by_class, min_class_count, sample_per_class
 from jaxdd.sharding import DATA, MODEL, constrain
-from jaxdd.train import epoch_batch, loss_fn
+from jaxdd.train import Protocol, train_loop
 from jaxdd.types import Array, Model, Params, PRNGKey, SynSet
 
 LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -45,10 +43,22 @@ EPS = 1e-6
 """Added to the product of norms in the cosine distances, as in the reference."""
 
 
-def default_loops(ipc: int) -> tuple[int, int]:
-    """The reference's (outer_loop, inner_loop) for ``ipc``; other sizes take the nearest entry."""
-    nearest = min(LOOPS, key=lambda k: (abs(k - ipc), k))
-    return LOOPS[nearest]
+def dc_loops(ipc: int, outer_loop: Optional[int] = None, inner_loop: Optional[int] = None) -> tuple[int, int]:
+    """(outer_loop, inner_loop): the given values, the missing ones from :data:`LOOPS` by ``ipc``.
+
+    Raises:
+        ValueError: ``ipc`` has no entry in the reference's table (which refuses such sizes)
+            and a value is missing.
+    """
+    if outer_loop is not None and inner_loop is not None:
+        return outer_loop, inner_loop
+    if ipc not in LOOPS:
+        raise ValueError(
+            f"DC's reference defines its loops only for {', '.join(map(str, LOOPS))} img/cls, not {ipc}: "
+            "give both --outer-loop and --inner-loop"
+        )
+    outer, inner = LOOPS[ipc]
+    return (outer if outer_loop is None else outer_loop, inner if inner_loop is None else inner_loop)
 
 
 # --------------------------------------------------------------------------- matching distance
@@ -111,74 +121,31 @@ def match_distance(
     raise ValueError(f"unknown matching metric {metric!r}; known: layerwise, mse, cos")
 
 
-# --------------------------------------------------------------------------- real data by class
-
-
-class RealByClass(NamedTuple):
-    """Real training images with a per-class index table, for drawing class batches in a jit.
-
-    Attributes:
-        images: (N, H, W, C) real images.
-        index: (num_classes, max_count) int32: the rows of ``images`` of each class, padded with -1.
-    """
-
-    images: Array
-    index: Array
-
-
-def group_by_class(images: Array, labels: Array, num_classes: int) -> RealByClass:
-    """Builds the :class:`RealByClass` index (host side, once per run)."""
-    labels_np = np.asarray(labels)
-    rows = [np.flatnonzero(labels_np == c) for c in range(num_classes)]
-    if min(len(r) for r in rows) == 0:
-        raise ValueError("every class needs at least one real image")
-    index = np.full((num_classes, max(len(r) for r in rows)), -1, np.int32)
-    for c, r in enumerate(rows):
-        index[c, : len(r)] = r
-    return RealByClass(jnp.asarray(images), jnp.asarray(index))
-
-
-def min_class_count(real: RealByClass) -> int:
-    """Images in the smallest class (an upper bound for ``batch_real``)."""
-    return int(np.min(np.sum(np.asarray(real.index) >= 0, axis=1)))
-
-
-def sample_real(key: PRNGKey, real: RealByClass, batch: int) -> Array:
-    """``batch`` distinct random real images of every class: (num_classes, batch, H, W, C).
-
-    ``batch`` must not exceed :func:`min_class_count` (padding would be drawn otherwise).
-    """
-    scores = jax.random.uniform(key, real.index.shape)
-    scores = jnp.where(real.index >= 0, scores, -1.0)
-    _, positions = jax.lax.top_k(scores, batch)
-    rows = jnp.take_along_axis(real.index, positions, axis=1)
-    return real.images[rows]
-
-
 # --------------------------------------------------------------------------- the algorithm
 
 
-@dataclasses.dataclass(frozen=True)
-class DCConfig:
+class DCConfig(NamedTuple):
     """Hyper-parameters of DC / DSA (defaults: the reference's).
 
     Attributes:
-        num_classes: C.
-        ipc: synthetic images per class.
+        num_classes: C (filled from the data).
+        ipc: synthetic images per class (filled from ``--ipc``).
         iterations: outer iterations (fresh networks); 1000 in the paper.
-        outer_loop: matching steps per network (None: :data:`LOOPS` by ipc).
-        inner_loop: epochs of network training on the synthetic set between matching steps.
-        batch_real: real images per class per matching step.
+        outer_loop: matching steps per network (none: the reference's table by img/cls).
+        inner_loop: epochs of network training on the synthetic set between matching steps
+            (none: the reference's table by img/cls).
+        batch_real: real images per class per matching step (at most the smallest class).
         lr_img: SGD learning rate on the images.
         momentum_img: its momentum.
         lr_net: SGD learning rate of the inner network training (no momentum).
         batch_train: minibatch size of the inner training.
-        metric: 'layerwise' | 'mse' | 'cos', see :func:`match_distance`.
-        include_1d: match 1-D parameters too.
+        metric: gradient distance: 'layerwise' (the paper's), 'mse' or 'cos'.
+        include_1d: also match 1-D parameters (biases, norm scales).
         out_axis: output-node axis of weight tensors (-1: Flax layout).
         num_inits: networks theta_0 per iteration (vmapped; the matching loss is their mean).
-        init: 'noise' (N(0, 1) in normalised space) or 'real' (random real images).
-        dsa_strategy: '' for DC; a DSA strategy (e.g. 'color_crop_cutout_scale_rotate') for DSA,
+        init: initial synthetic images: 'noise' (N(0, 1) in normalised space) or 'real' (random
+            real images).
+        dsa_strategy: DSA families joined by '_' ('' for DC; e.g. 'color_crop_cutout_scale_rotate'),
             applied Siamese-wise in matching and per sample in the inner training.
     """
 
@@ -192,17 +159,16 @@ class DCConfig:
     momentum_img: float = 0.5
     lr_net: float = 0.01
     batch_train: int = 256
-    metric: str = "layerwise"
+    metric: Literal["layerwise", "mse", "cos"] = "layerwise"
     include_1d: bool = False
     out_axis: int = -1
     num_inits: int = 1
-    init: str = "noise"
+    init: Literal["noise", "real"] = "noise"
     dsa_strategy: str = ""
 
     @property
     def loops(self) -> tuple[int, int]:
-        outer, inner = default_loops(self.ipc)
-        return (self.outer_loop or outer, self.inner_loop if self.inner_loop is not None else inner)
+        return dc_loops(self.ipc, self.outer_loop, self.inner_loop)
 
 
 class DCState(NamedTuple):
@@ -210,6 +176,29 @@ class DCState(NamedTuple):
 
     images: Array
     opt_state: optax.OptState
+
+
+def check_batch_independent(model: Model, images: Array, key: Optional[PRNGKey] = None) -> None:
+    """Refuses a network whose output for one image depends on the rest of its batch.
+
+    Matching class by class feeds the network one class at a time; with BatchNorm on batch
+    statistics every layer would be normalised by that class's statistics (the reference instead
+    computes them on a mixed real batch and freezes them). The check compares, at a random
+    initialisation, the logits of ``images[0]`` alone and within ``images[:2]``.
+
+    Raises:
+        ValueError: the logits differ (e.g. a ``*BN`` architecture).
+    """
+    params = model.init(jax.random.key(0) if key is None else key)
+    pair = images[:2]
+    alone, together = model.apply(params, pair[:1])[0], model.apply(params, pair)[0]
+    scale = float(jnp.max(jnp.abs(together))) + 1e-6
+    if pair.shape[0] == 2 and float(jnp.max(jnp.abs(alone - together))) > 1e-4 * scale:
+        raise ValueError(
+            "DC/DSA match gradients class by class and need a network whose output for an image does not "
+            "depend on the rest of its batch (no BatchNorm on batch statistics): use instance, group or layer "
+            "norm (e.g. ConvNet, not ConvNetBN)"
+        )
 
 
 def class_loss(model: Model, params: Params, images: Array, label: Array) -> Array:
@@ -257,25 +246,19 @@ def train_network(
     batch_size: int = 256,
     dsa_strategy: str = "",
 ) -> Params:
-    """Plain SGD (``theta <- theta - lr * grad``) for ``epochs`` shuffled epochs, as one ``lax.scan``.
+    """Plain SGD (``theta <- theta - lr * grad``) for ``epochs`` shuffled epochs (:func:`jaxdd.train.train_loop`).
 
     DSA (per-sample parameters) is applied to every minibatch when ``dsa_strategy`` is set.
     """
-    set_size = images.shape[0]
-    batch = min(batch_size, set_size)
-    steps = epochs * math.ceil(set_size / batch)
+    protocol = Protocol(name="dc-inner", lr=lr, momentum=0.0, weight_decay=0.0, epochs=epochs,
+                        batch_size=batch_size, schedule="constant")
     shuffle_key, augment_key = jax.random.split(key)
 
-    def one_step(p, step):
-        indices, mask = epoch_batch(shuffle_key, step, set_size, batch)
-        x = images[indices]
-        if dsa_strategy:
-            x = augment.dsa(jax.random.fold_in(augment_key, step), x, dsa_strategy, per_sample=True)
-        grads = jax.grad(lambda q: loss_fn(model.apply(q, x), labels[indices], "ce", mask))(p)
-        return jax.tree.map(lambda a, g: a - lr * g, p, grads), None
+    def dsa(k: PRNGKey, x: Array) -> Array:
+        return augment.dsa(k, x, dsa_strategy, per_sample=True)
 
-    params, _ = jax.lax.scan(one_step, params, jnp.arange(steps))
-    return params
+    return train_loop(model, params, images, labels, protocol, shuffle_key=shuffle_key,
+                      augment=dsa if dsa_strategy else None, augment_key=augment_key)
 
 
 def image_optimizer(config) -> optax.GradientTransformation:
@@ -288,7 +271,7 @@ def init_images(key: PRNGKey, real: RealByClass, config, image_shape: tuple[int,
     if config.init == "noise":
         return jax.random.normal(key, (config.num_classes, config.ipc) + tuple(image_shape))
     if config.init == "real":
-        return sample_real(key, real, config.ipc)
+        return sample_per_class(key, real, config.ipc)
     raise ValueError(f"unknown init {config.init!r}; known: noise, real")
 
 
@@ -316,7 +299,7 @@ def dc_step(model: Model, config: DCConfig, state: DCState, real: RealByClass, k
 
     def match(params, images, opt_state, t):
         real_key, aug_key = jax.random.split(jax.random.fold_in(loop_key, t))
-        batch = constrain(sample_real(real_key, real, config.batch_real), (None, DATA))
+        batch = constrain(sample_per_class(real_key, real, config.batch_real), (None, DATA))
 
         def loss_of(imgs):
             losses = jax.vmap(lambda p: match_loss(model, p, imgs, batch, aug_key, config))(params)
@@ -376,30 +359,34 @@ PRESETS: dict[str, dict] = {
 """Per-preset defaults; ``large_ipc`` entries replace the others at 10 img/cls and more."""
 
 
-def config_from_request(request: DistillRequest, dsa: bool) -> DCConfig:
-    """:class:`DCConfig` from the preset, overridden by the command-line options."""
-    if request.preset not in PRESETS:
-        raise ValueError(f"unknown preset {request.preset!r}; known: {', '.join(PRESETS)}")
-    preset = dict(PRESETS[request.preset])
-    large = preset.pop("large_ipc", {})
-    if request.ipc >= 10:
-        preset.update(large)
-    options = {OPTION_FIELDS.get(k, k): v for k, v in request.options.items() if v is not None}
-    fields = {f.name for f in dataclasses.fields(DCConfig)}
-    preset.update({k: v for k, v in options.items() if k in fields})
-    if dsa and not preset.get("dsa_strategy"):
-        preset["dsa_strategy"] = augment.dsa_strategy(request.dataset)
-    if not dsa:
-        preset["dsa_strategy"] = ""
-    return DCConfig(num_classes=request.num_classes, ipc=request.ipc, **preset)
+def default_config(preset: str, ipc: int, dataset: str, dsa: bool = False) -> DCConfig:
+    """:class:`DCConfig` of ``preset`` at ``ipc``; with ``dsa`` the reference's strategy for ``dataset``.
+
+    ``outer_loop`` / ``inner_loop`` stay None unless the preset fixes them: :attr:`DCConfig.loops`
+    then takes the reference's values for ``ipc`` when the run is built.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    values = dict(PRESETS[preset])
+    large = values.pop("large_ipc", {})
+    if ipc >= 10:
+        values.update(large)
+    values["dsa_strategy"] = augment.dsa_strategy(dataset) if dsa else ""
+    return DCConfig(num_classes=0, ipc=ipc, **values)
+
+
+def dsa_default_config(preset: str, ipc: int, dataset: str) -> DCConfig:
+    """DSA's defaults: :func:`default_config` with the dataset's DSA strategy."""
+    return default_config(preset, ipc, dataset, dsa=True)
 
 
 def build(model: Model, images: Array, labels: Array, config: DCConfig) -> IterativeMethod:
     """DC / DSA as an :class:`IterativeMethod` for any model and real data."""
     real = group_by_class(images, labels, config.num_classes)
+    check_batch_independent(model, real.images[real.index[:2, 0]])
     smallest = min_class_count(real)
     if config.batch_real > smallest:
-        config = dataclasses.replace(config, batch_real=smallest)
+        config = config._replace(batch_real=smallest)
     if config.init == "real" and config.ipc > smallest:
         raise ValueError(f"init 'real' needs {config.ipc} images per class; the smallest class has {smallest}")
     outer, inner = config.loops
@@ -409,40 +396,32 @@ def build(model: Model, images: Array, labels: Array, config: DCConfig) -> Itera
         to_synset=to_synset,
         real_data=real,
         num_steps=config.iterations,
-        config={**dataclasses.asdict(config), "outer_loop": outer, "inner_loop": inner},
+        config={**config._asdict(), "outer_loop": outer, "inner_loop": inner},
     )
 
 
-def _make(dsa: bool):
-    def make(request: DistillRequest) -> IterativeMethod:
-        return build(request.model, request.images, request.labels, config_from_request(request, dsa))
-
-    return make
+def make(request: DistillRequest) -> IterativeMethod:
+    """``--method dc`` / ``--method dsa`` (the request's config carries the DSA strategy)."""
+    return build(request.model, request.images, request.labels, request_config(request, default_config))
 
 
-OPTION_FIELDS = {"syn_init": "init", "match_metric": "metric"}
-"""Command-line ``dest`` names that differ from the :class:`DCConfig` field they set."""
+def make_dsa(request: DistillRequest) -> IterativeMethod:
+    """``--method dsa`` for a request without a config: DSA's defaults."""
+    return build(request.model, request.images, request.labels, request_config(request, dsa_default_config))
 
-OPTIONS = (
-    ("--iterations", {"type": int, "default": None, "help": "outer iterations (default from the preset)"}),
-    ("--outer-loop", {"type": int, "default": None, "help": "matching steps per network (default by ipc)"}),
-    ("--inner-loop", {"type": int, "default": None, "help": "network epochs between matching steps"}),
-    ("--batch-real", {"type": int, "default": None, "help": "real images per class per matching step"}),
-    ("--lr-img", {"type": float, "default": None, "help": "image learning rate (0.1)"}),
-    ("--match-metric", {"choices": ["layerwise", "mse", "cos"], "default": None, "help": "dc/dsa: gradient distance"}),
-    ("--include-1d", {"action": "store_true", "default": None, "help": "also match biases / norm scales"}),
-    ("--num-inits", {"type": int, "default": None, "help": "networks per iteration (vmapped)"}),
-    ("--syn-init", {"choices": ["noise", "real"], "default": None, "help": "dc/dsa/dm: initial synthetic images"}),
-    ("--dsa-strategy", {"default": None, "help": "DSA families joined by '_' (default per dataset)"}),
+
+register(
+    MethodSpec(
+        "dc", "DC: gradient matching (Zhao et al. ICLR 2021)", make, config_type=DCConfig, default_config=default_config
+    )
 )
-
-register(MethodSpec("dc", "DC: gradient matching (Zhao et al. ICLR 2021)", _make(dsa=False), OPTIONS))
 register(
     MethodSpec(
         "dsa",
         "DSA: gradient matching with Siamese augmentation (Zhao & Bilen ICML 2021)",
-        _make(dsa=True),
-        OPTIONS,
+        make_dsa,
+        config_type=DCConfig,
+        default_config=dsa_default_config,
         default_protocol="dsa",
     )
 )
@@ -452,19 +431,18 @@ __all__ = [
     "DCState",
     "LOOPS",
     "PRESETS",
-    "RealByClass",
     "build",
+    "check_batch_independent",
     "class_loss",
     "class_match_distance",
     "dc_init",
     "dc_step",
-    "default_loops",
-    "group_by_class",
+    "default_config",
+    "dc_loops",
+    "dsa_default_config",
     "layer_distance",
     "match_distance",
     "match_loss",
-    "min_class_count",
-    "sample_real",
     "to_synset",
     "train_network",
 ]

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, Literal, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdd.methods import DistillRequest, IterativeMethod, MethodSpec, register
+from jaxdd.methods import DistillRequest, IterativeMethod, MethodSpec, register, request_config
 from jaxdd.sharding import DATA, MODEL, constrain
 from jaxdd.train import gd_unroll, loss_fn
 from jaxdd.types import Array, Model, Params, PRNGKey, SynSet
@@ -42,35 +42,38 @@ class DDConfig(NamedTuple):
     """DD hyper-parameters (defaults: the reference code's).
 
     Attributes:
-        steps: distinct GD steps S, each with its own batch of distilled images.
+        steps: distinct GD steps S, each with its own batch of distilled images (img/cls must be
+            a multiple of S).
         epochs: passes E over the S batches; T = S * E unrolled steps.
-        ipc_per_step: distilled images of every class in each step batch.
-        init: 'fixed' (one known theta_0) or 'random' (theta_0 ~ p(theta_0) every outer step).
-        num_init: initialisations sampled per outer step with ``init='random'``.
+        ipc_per_step: distilled images of every class in each step batch (none: img/cls / S).
+        init: 'fixed' (one known theta_0, saved with the set) or 'random' (theta_0 ~ p(theta_0)
+            every outer step).
+        num_inits: initialisations sampled per outer step with init 'random' (vmapped).
         distill_lr: initial value of every learned step size.
-        lr: Adam learning rate for images, step sizes (and labels).
+        outer_lr: Adam learning rate for images, step sizes (and labels).
         betas: Adam (b1, b2).
-        decay_every: outer steps between halvings of ``lr``.
-        decay_factor: the factor (0.5).
-        num_steps: outer iterations.
+        decay_every: outer steps between decays of ``outer_lr`` (none: 40 epochs of real batches).
+        decay_factor: the decay factor.
+        iterations: outer iterations (none: 400 epochs of real batches, the reference).
         real_batch: real images per outer step for the meta-loss.
-        checkpoint: 'none', 'step' (remat every inner step), 'sqrt' or 'cbrt' (2 / 3 nested levels).
+        checkpoint: rematerialise the unroll: 'none', 'step' (every inner step), 'sqrt' or 'cbrt'
+            (2 / 3 nested levels).
         learn_labels: also learn soft labels (softmax of learned logits; beyond the paper).
     """
 
     steps: int = 10
     epochs: int = 3
-    ipc_per_step: int = 1
-    init: str = "fixed"
-    num_init: int = 4
+    ipc_per_step: Optional[int] = None
+    init: Literal["fixed", "random"] = "fixed"
+    num_inits: int = 4
     distill_lr: float = 0.02
-    lr: float = 0.01
-    betas: tuple = (0.5, 0.999)
-    decay_every: int = 2344
+    outer_lr: float = 0.01
+    betas: tuple[float, float] = (0.5, 0.999)
+    decay_every: Optional[int] = 2344
     decay_factor: float = 0.5
-    num_steps: int = 23440
+    iterations: Optional[int] = 23440
     real_batch: int = 1024
-    checkpoint: str = "none"
+    checkpoint: Literal["none", "step", "sqrt", "cbrt"] = "none"
     learn_labels: bool = False
 
     @property
@@ -147,7 +150,7 @@ def meta_loss(params: DDParams, theta0: Params, real_x: Array, real_y: Array, *,
 
 def make_optimizer(config: DDConfig) -> optax.GradientTransformation:
     """Adam(lr, betas) with ``lr * decay_factor ** floor(step / decay_every)``."""
-    schedule = optax.exponential_decay(config.lr, config.decay_every, config.decay_factor, staircase=True)
+    schedule = optax.exponential_decay(config.outer_lr, config.decay_every, config.decay_factor, staircase=True)
     return optax.adam(schedule, b1=config.betas[0], b2=config.betas[1])
 
 
@@ -191,7 +194,7 @@ def make_functions(config: DDConfig, model: Model, image_shape: tuple, num_class
         def objective(p):
             if config.init == "fixed":
                 return loss_one(p, state.theta0, xb, yb)
-            thetas = constrain(jax.vmap(model.init)(jax.random.split(k_init, config.num_init)), MODEL)
+            thetas = constrain(jax.vmap(model.init)(jax.random.split(k_init, config.num_inits)), MODEL)
             return jnp.mean(jax.vmap(lambda th: loss_one(p, th, xb, yb))(thetas))
 
         loss, grads = jax.value_and_grad(objective)(state.params)
@@ -250,42 +253,42 @@ def has_theta0(arrays: Optional[dict], prefix: str = THETA0_PREFIX) -> bool:
 
 PRESETS = {
     # seconds on the 8x8 digits: tests and quick checks
-    "smoke": dict(num_steps=500, decay_every=250, real_batch=256),
+    "smoke": dict(iterations=500, decay_every=250, real_batch=256),
     # minutes on 2 CPU cores on real MNIST with LeNet
-    "cpu": dict(num_steps=2000, decay_every=500, real_batch=512),
-    # the reference: 400 epochs of real batches of 1024, lr halved every 40 epochs (MNIST: 59 per epoch)
-    "paper": dict(num_steps=None, decay_every=None, real_batch=1024),
+    "cpu": dict(iterations=2000, decay_every=500, real_batch=512),
+    # the reference: 400 epochs of real batches of 1024, lr halved every 40 epochs (None: resolved
+    # from the size of the real data when the run is built)
+    "paper": dict(iterations=None, decay_every=None, real_batch=1024),
 }
 
 
-def config_from_request(request: DistillRequest) -> DDConfig:
-    """DD's config from a preset, ``request.ipc`` and the ``--init/--steps/...`` options."""
-    if request.preset not in PRESETS:
-        raise ValueError(f"unknown preset {request.preset!r}; known: {', '.join(PRESETS)}")
-    opts = {k: v for k, v in dict(request.options).items() if v is not None}
-    preset = dict(PRESETS[request.preset])
-    steps = int(opts.get("steps", 10))
-    if request.ipc % steps:
-        raise ValueError(f"ipc {request.ipc} is not a multiple of --steps {steps} "
+def default_config(preset: str, ipc: int, dataset: str) -> DDConfig:
+    """DD's config for ``preset``; ``ipc_per_step`` is left to :func:`make` (img/cls / ``steps``)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    return DDConfig(**PRESETS[preset])
+
+
+def resolve(config: DDConfig, ipc: int, num_real: int) -> DDConfig:
+    """Fills the config's data-dependent entries: ``ipc_per_step`` from ``ipc`` and, where None,
+    the reference's 400 epochs (``iterations``) and 40-epoch decay of real batches of ``num_real`` images."""
+    if ipc % config.steps:
+        raise ValueError(f"ipc {ipc} is not a multiple of --steps {config.steps} "
                          f"(each step holds ipc/steps images of every class)")
-    if preset["num_steps"] is None:  # paper: 400 epochs over the real data
-        per_epoch = math.ceil(request.images.shape[0] / preset["real_batch"])
-        preset.update(num_steps=400 * per_epoch, decay_every=40 * per_epoch)
-    fields = dict(
-        steps=steps, epochs=int(opts.get("epochs", 3)), ipc_per_step=request.ipc // steps,
-        init=opts.get("init", "fixed"), num_init=int(opts.get("num_inits", 4)),
-        distill_lr=float(opts.get("distill_lr", 0.02)), lr=float(opts.get("outer_lr", 0.01)),
-        num_steps=int(opts.get("iterations", preset["num_steps"])),
-        decay_every=int(opts.get("decay_every", preset["decay_every"])),
-        real_batch=int(opts.get("real_batch", preset["real_batch"])),
-        checkpoint=opts.get("checkpoint", "none"), learn_labels=bool(opts.get("learn_labels", False)),
+    ipc_per_step = ipc // config.steps
+    if config.ipc_per_step not in (None, ipc_per_step):
+        raise ValueError(f"--ipc-per-step {config.ipc_per_step} with --steps {config.steps} does not give ipc {ipc}")
+    per_epoch = math.ceil(num_real / config.real_batch)
+    return config._replace(
+        ipc_per_step=ipc_per_step,
+        iterations=400 * per_epoch if config.iterations is None else config.iterations,
+        decay_every=40 * per_epoch if config.decay_every is None else config.decay_every,
     )
-    return DDConfig(**fields)
 
 
 def make(request: DistillRequest) -> IterativeMethod:
     """Builds the DD run for ``request`` (see :class:`DDConfig` for the options)."""
-    config = config_from_request(request)
+    config = resolve(request_config(request, default_config), request.ipc, request.images.shape[0])
     image_shape = tuple(request.images.shape[1:])
     init, step = make_functions(config, request.model, image_shape, request.num_classes)
     labels = step_labels(request.num_classes, config.steps, config.ipc_per_step)
@@ -295,26 +298,8 @@ def make(request: DistillRequest) -> IterativeMethod:
     return IterativeMethod(
         init=init, step=step,
         to_synset=lambda state: to_synset(state.params, labels, config.epochs),
-        real_data=(request.images, request.labels), num_steps=config.num_steps, config=cfg,
+        real_data=(request.images, request.labels), num_steps=config.iterations, config=cfg,
         extra_arrays=extra)
-
-
-OPTIONS = (
-    ("--init", dict(choices=["fixed", "random"], default=None,
-                    help="dd: one known theta_0 saved with the set, or random theta_0 each step (default fixed)")),
-    ("--steps", dict(type=int, default=None, help="dd: distinct GD steps S; ipc must be a multiple (default 10)")),
-    ("--epochs", dict(type=int, default=None, help="dd: passes over the S steps, T = S*E (default 3)")),
-    ("--num-inits", dict(type=int, default=None, help="networks per iteration (vmapped); dd: with --init random (4)")),
-    ("--distill-lr", dict(type=float, default=None, help="dd: initial learned step size (0.02)")),
-    ("--outer-lr", dict(type=float, default=None, help="dd: Adam lr for the images and step sizes (0.01)")),
-    ("--iterations", dict(type=int, default=None, help="outer iterations (default from the preset)")),
-    ("--decay-every", dict(type=int, default=None, help="dd: outer steps between lr halvings (preset)")),
-    ("--real-batch", dict(type=int, default=None, help="dd: real images per outer step (preset)")),
-    ("--checkpoint", dict(choices=["none", "step", "sqrt", "cbrt"], default=None,
-                          help="dd: rematerialise the unroll per step, or nested in 2 (sqrt) / 3 (cbrt) levels (none)")),
-    ("--learn-labels", dict(action="store_true", default=None, help="dd: also learn soft labels")),
-)
-
 
 
 def eval_kwargs(meta: dict, extra_arrays: dict, model: Model) -> dict:
@@ -325,4 +310,5 @@ def eval_kwargs(meta: dict, extra_arrays: dict, model: Model) -> dict:
 
 
 register(MethodSpec("dd", "Dataset Distillation: learn images + step sizes through the unrolled GD (Wang et al. 2018)",
-                    make, OPTIONS, eval_kwargs=eval_kwargs, default_protocol="dd"))
+                    make, config_type=DDConfig, default_config=default_config, eval_kwargs=eval_kwargs,
+                    default_protocol="dd", model_init="dd"))

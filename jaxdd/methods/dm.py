@@ -14,44 +14,33 @@ layer). No network is trained.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxdd import augment
-from jaxdd.methods import DistillRequest, IterativeMethod, MethodSpec, register
-from jaxdd.methods.dc import (
-    OPTION_FIELDS,
-    DCState,
-    RealByClass,
-    group_by_class,
-    image_optimizer,
-    init_images,
-    min_class_count,
-    sample_real,
-    to_synset,
-)
+from jaxdd.methods import DistillRequest, IterativeMethod, MethodSpec, register, request_config
+from jaxdd.methods.dc import DCState, image_optimizer, init_images, to_synset
+from jaxdd.sampling import RealByClass, group_by_class, min_class_count, sample_per_class
 from jaxdd.sharding import DATA, MODEL, constrain
 from jaxdd.types import Array, Model, Params, PRNGKey
 
 
-@dataclasses.dataclass(frozen=True)
-class DMConfig:
+class DMConfig(NamedTuple):
     """Hyper-parameters of DM (defaults: the reference's).
 
     Attributes:
-        num_classes: C.
-        ipc: synthetic images per class.
-        iterations: 20000 in the paper.
-        batch_real: real images per class per iteration.
+        num_classes: C (filled from the data).
+        ipc: synthetic images per class (filled from ``--ipc``).
+        iterations: outer iterations (20000 in the paper).
+        batch_real: real images per class per iteration (at most the smallest class).
         lr_img: SGD learning rate on the images.
         momentum_img: its momentum.
         num_nets: random networks per iteration (vmapped; the loss is their mean).
-        init: 'real' (the reference) or 'noise'.
-        dsa_strategy: Siamese DSA strategy ('' for none).
+        init: initial synthetic images: 'real' (random real images, the reference) or 'noise'.
+        dsa_strategy: Siamese DSA families joined by '_' ('' or 'none': no augmentation).
     """
 
     num_classes: int
@@ -104,7 +93,7 @@ def dm_step(model: Model, config: DMConfig, state: DCState, real: RealByClass, k
     """
     init_key, real_key, aug_key = jax.random.split(key, 3)
     params = constrain(jax.vmap(model.init)(jax.random.split(init_key, config.num_nets)), MODEL)
-    batch = constrain(sample_real(real_key, real, config.batch_real), (None, DATA))
+    batch = constrain(sample_per_class(real_key, real, config.batch_real), (None, DATA))
 
     def loss_of(images):
         losses = jax.vmap(lambda p: dm_loss(model, p, images, batch, aug_key, config.dsa_strategy))(params)
@@ -126,17 +115,11 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def config_from_request(request: DistillRequest) -> DMConfig:
-    """:class:`DMConfig` from the preset, the dataset's DSA strategy and the command-line options."""
-    if request.preset not in PRESETS:
-        raise ValueError(f"unknown preset {request.preset!r}; known: {', '.join(PRESETS)}")
-    values = dict(PRESETS[request.preset], dsa_strategy=augment.dsa_strategy(request.dataset))
-    options = {OPTION_FIELDS.get(k, k): v for k, v in request.options.items() if v is not None}
-    fields = {f.name for f in dataclasses.fields(DMConfig)}
-    values.update({k: v for k, v in options.items() if k in fields})
-    if values["dsa_strategy"] == "none":
-        values["dsa_strategy"] = ""
-    return DMConfig(num_classes=request.num_classes, ipc=request.ipc, **values)
+def default_config(preset: str, ipc: int, dataset: str) -> DMConfig:
+    """:class:`DMConfig` of ``preset`` with the reference's DSA strategy for ``dataset``."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    return DMConfig(num_classes=0, ipc=ipc, dsa_strategy=augment.dsa_strategy(dataset), **PRESETS[preset])
 
 
 def build(model: Model, images: Array, labels: Array, config: DMConfig) -> IterativeMethod:
@@ -146,31 +129,33 @@ def build(model: Model, images: Array, labels: Array, config: DMConfig) -> Itera
     real = group_by_class(images, labels, config.num_classes)
     smallest = min_class_count(real)
     if config.batch_real > smallest:
-        config = dataclasses.replace(config, batch_real=smallest)
+        config = config._replace(batch_real=smallest)
+    if config.dsa_strategy == "none":
+        config = config._replace(dsa_strategy="")
     return IterativeMethod(
         init=lambda key: dm_init(key, real, config),
         step=lambda state, real_data, key: dm_step(model, config, state, real_data, key),
         to_synset=to_synset,
         real_data=real,
         num_steps=config.iterations,
-        config=dataclasses.asdict(config),
+        config=config._asdict(),
     )
 
 
 def make(request: DistillRequest) -> IterativeMethod:
     """``--method dm``."""
-    return build(request.model, request.images, request.labels, config_from_request(request))
+    return build(request.model, request.images, request.labels, request_config(request, default_config))
 
 
-OPTIONS = (
-    ("--iterations", {"type": int, "default": None, "help": "outer iterations (default from the preset)"}),
-    ("--batch-real", {"type": int, "default": None, "help": "real images per class per matching step"}),
-    ("--lr-img", {"type": float, "default": None, "help": "image learning rate"}),
-    ("--num-nets", {"type": int, "default": None, "help": "dm: random networks per iteration (vmapped)"}),
-    ("--syn-init", {"choices": ["noise", "real"], "default": None, "help": "dc/dsa/dm: initial synthetic images"}),
-    ("--dsa-strategy", {"default": None, "help": "DSA families joined by '_' ('none': off; default per dataset)"}),
+register(
+    MethodSpec(
+        "dm",
+        "DM: distribution matching (Zhao & Bilen WACV 2023)",
+        make,
+        config_type=DMConfig,
+        default_config=default_config,
+        default_protocol="dsa",
+    )
 )
 
-register(MethodSpec("dm", "DM: distribution matching (Zhao & Bilen WACV 2023)", make, OPTIONS, default_protocol="dsa"))
-
-__all__ = ["DMConfig", "PRESETS", "build", "class_embedding_distance", "dm_init", "dm_loss", "dm_step", "make"]
+__all__ = ["DMConfig", "PRESETS", "build", "class_embedding_distance", "default_config", "dm_init", "dm_loss", "dm_step", "make"]

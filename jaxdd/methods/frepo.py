@@ -18,35 +18,47 @@ images in a random network (one Cholesky solve of size ``C * ipc``) instead of o
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxdd import coreset, krr
-from jaxdd.methods import DistillRequest, IterativeMethod, MethodSpec, register
+from jaxdd.methods import DistillRequest, IterativeMethod, MethodSpec, register, request_config
 from jaxdd.sharding import DATA, MODEL, constrain
 from jaxdd.types import Array, Model, Params, PRNGKey, SynSet
 
 
 class FRePoConfig(NamedTuple):
-    """Hyper-parameters (per preset; ``steps`` and others overridable from the command line)."""
+    """FRePo hyper-parameters.
 
-    steps: int = 300
+    Attributes:
+        iterations: outer iterations.
+        pool_size: online networks P in the pool.
+        max_age: optimiser steps after which a pool network is re-initialised.
+        lr: Adam learning rate of the synthetic images and labels.
+        model_lr: Adam learning rate of the pool networks (MSE to the synthetic labels).
+        batch_real: real images per step in the ridge-regression loss.
+        reg: relative ridge ``lambda = reg * trace(K) / n``.
+        labels: initial labels: 'learn' (one-hot) or 'kip' (the KIP least-squares solve in a
+            random network); learned either way.
+    """
+
+    iterations: int = 300
     pool_size: int = 5
     max_age: int = 50
     lr: float = 3e-3
     model_lr: float = 1e-3
     batch_real: int = 256
     reg: float = 1e-4
-    labels: str = "learn"
+    labels: Literal["learn", "kip"] = "learn"
 
 
 PRESETS = {
-    "smoke": FRePoConfig(steps=20, pool_size=2, max_age=10, batch_real=64),
+    "smoke": FRePoConfig(iterations=20, pool_size=2, max_age=10, batch_real=64),
     "cpu": FRePoConfig(),
-    "paper": FRePoConfig(steps=100000, pool_size=10, max_age=100, lr=3e-4, model_lr=3e-4, batch_real=1024, reg=1e-6),
+    "paper": FRePoConfig(iterations=100000, pool_size=10, max_age=100, lr=3e-4, model_lr=3e-4, batch_real=1024, reg=1e-6),
 }
 
 
@@ -135,26 +147,20 @@ def make_frepo(model: Model, images0: Array, labels0: Array, config: FRePoConfig
     return init, step
 
 
-def get_config(preset: str, **overrides) -> FRePoConfig:
-    """The named preset with ``None``-free overrides applied."""
+def default_config(preset: str, ipc: int, dataset: str) -> FRePoConfig:
+    """The preset's :class:`FRePoConfig`."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    return PRESETS[preset]._replace(**{k: v for k, v in overrides.items() if v is not None})
+    return PRESETS[preset]
 
 
 def make(request: DistillRequest) -> IterativeMethod:
-    """``--method frepo``: learned images and labels from random real images (``--frepo-labels``)."""
+    """``--method frepo``: learned images and labels from random real images (``--labels``)."""
     if request.model.embed is None:
         raise ValueError("frepo needs a model with an `embed` function (features before the classifier)")
-    opts = request.options
-    config = get_config(
-        request.preset,
-        steps=opts.get("iterations"),
-        pool_size=opts.get("frepo_pool"),
-        labels=opts.get("frepo_labels"),
-    )
+    config = request_config(request, default_config)
     if config.labels not in ("learn", "kip"):
-        raise ValueError(f"--frepo-labels must be 'learn' or 'kip', got {config.labels!r}")
+        raise ValueError(f"--labels must be 'learn' or 'kip', got {config.labels!r}")
     k_init, k_kip, k_batch = jax.random.split(request.key, 3)
     start = coreset.random_real(k_init, request.images, request.labels, request.num_classes, request.ipc)
     labels0 = jax.nn.one_hot(start.labels, request.num_classes)
@@ -166,7 +172,7 @@ def make(request: DistillRequest) -> IterativeMethod:
     run_config = {"method": "frepo", "preset": request.preset, "config": config._asdict(),
                   "labels": "learned soft labels (one-hot scale); evaluate with an MSE protocol"}
     return IterativeMethod(
-        init, step, lambda s: SynSet(s.images, s.labels), (request.images, request.labels), config.steps, run_config
+        init, step, lambda s: SynSet(s.images, s.labels), (request.images, request.labels), config.iterations, run_config
     )
 
 
@@ -175,11 +181,8 @@ register(
         "frepo",
         "FRePo-style kernel ridge regression on an online model pool, learned images and labels",
         make,
-        options=(
-            ("--iterations", {"type": int, "default": None, "help": "outer iterations (default from the preset)"}),
-            ("--frepo-pool", {"type": int, "default": None, "help": "frepo: online models in the pool"}),
-            ("--frepo-labels", {"default": None, "choices": ("learn", "kip"), "help": "frepo: initial labels one-hot ('learn') or KIP solve ('kip'); learned either way"}),
-        ),
+        config_type=FRePoConfig,
+        default_config=default_config,
         default_protocol="frepo",
     )
 )

@@ -1,0 +1,204 @@
+"""The DC paper's continual-learning experiment: domain-incremental digits with small memories.
+
+Sequence digits (scikit-learn, 28x28) -> MNIST -> USPS (the paper: SVHN -> MNIST -> USPS), 10
+img/cls memory per domain built by a registered method (random, herding, DM, DC, ...), networks
+trained on all memories so far with or without distillation from the previous stage's network
+(:mod:`jaxdd.continual`), tested on every domain seen so far. Writes
+``experiments/results/continual[_<preset>].{json,md,png}``; finished memories and runs are cached
+in ``experiments/results/continual_cache/`` so a restarted job skips them.
+
+    python -m experiments.dc_continual --preset smoke --data-dir /work/shared/data
+    python -m experiments.dc_continual --preset cpu --data-dir /work/shared/data
+    # The paper's sequence (SVHN has no offline copy here; tensorflow-datasets downloads it,
+    # ConvNet on 32x32x3: MNIST and USPS are resized and repeated to three channels):
+    python -m experiments.dc_continual --preset paper --sequence svhn_cropped,mnist,usps --data-dir DATA
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.common import RESULTS, command_line, write_json
+from jaxdd import continual, data, distill, evaluate, models
+from jaxdd.methods import DistillRequest, IterativeMethod, get_method, resolve_config
+from jaxdd.types import SynSet
+
+CACHE = RESULTS / "continual_cache"
+
+PRESETS: dict[str, dict] = {
+    # Seconds to minutes: 2 img/cls, 2 models, 600 train / 200 test images per domain.
+    "smoke": {"ipc": 2, "models": 2, "epochs": 20, "width": 8, "train_size": 600, "test_size": 200,
+              "methods": ("random", "herding"), "method_preset": "smoke",
+              "overrides": {"dc": {"outer_loop": 2, "inner_loop": 2}}},
+    # 2 shared CPU cores: ConvNet width 32 (paper 128), 60 evaluation epochs per stage (paper
+    # 300 + 1), no augmentation, 5 models per point; DM 200 iterations and DC 20 (their cpu
+    # presets: 1000 / 100); full train and test splits.
+    "cpu": {"ipc": 10, "models": 5, "epochs": 60, "width": 32, "train_size": None, "test_size": None,
+            "methods": ("random", "herding", "dm", "dc"), "method_preset": "cpu",
+            "overrides": {"dm": {"iterations": 200}, "dc": {"iterations": 20}}},
+    # The published protocol (a GPU): ConvNet width 128, 300 epochs, 10 models.
+    "paper": {"ipc": 10, "models": 10, "epochs": 300, "width": 128, "train_size": None, "test_size": None,
+              "methods": ("random", "herding", "dm", "dc"), "method_preset": "paper", "overrides": {}},
+}
+KD = {"temperature": 2.0, "kd_weight": 1.0}
+"""E2E's distillation temperature; the two terms weighted equally."""
+
+DSA_DOMAIN = {"digits28": "digits", "svhn_cropped": "svhn"}
+"""Registry name -> the name the methods' per-dataset defaults know (DSA strategy without flips)."""
+
+
+def load_domain(name: str, shape: tuple, data_dir, train_size, test_size) -> continual.Task:
+    """A domain as a :class:`~jaxdd.continual.Task`, resized / channel-repeated to ``shape``."""
+    ds = data.load_dataset(name, data_dir)
+
+    def fit(x):
+        if x.shape[1:3] != shape[:2]:
+            x = jax.image.resize(x, (x.shape[0], *shape[:2], x.shape[3]), "linear")
+        if x.shape[3] != shape[2]:
+            x = jnp.repeat(x, shape[2], axis=3)
+        return x
+
+    def first(x, y, n):
+        return (x, y) if n is None else (x[:n], y[:n])
+
+    x_tr, y_tr = first(ds.x_train, ds.y_train, train_size)
+    x_te, y_te = first(ds.x_test, ds.y_test, test_size)
+    return continual.Task(name, fit(x_tr), y_tr, fit(x_te), y_te)
+
+
+def registry_builder(method: str, preset: str, model, dataset: str, overrides: dict) -> continual.MemoryBuilder:
+    """A memory builder that runs the registered ``method`` (its ``preset`` defaults + ``overrides``)."""
+    spec = get_method(method)
+
+    def build(key, images, labels, num_classes, ipc):
+        config = resolve_config(spec, preset, ipc, DSA_DOMAIN.get(dataset, dataset), overrides, num_classes)
+        request = DistillRequest(images=images, labels=labels, num_classes=num_classes, model=model, ipc=ipc,
+                                 preset=preset, key=key, config=config, dataset=dataset)
+        made = spec.make(request)
+        if isinstance(made, IterativeMethod):
+            synset = made.to_synset(distill.run(made, jax.random.fold_in(key, 1), progress=False))
+        else:
+            synset = made if isinstance(made, SynSet) else made[0]  # a SynSet or (SynSet, run dict)
+        return synset.images, synset.labels
+
+    return build
+
+
+def memories_for(method, tasks, preset, model, tag, seed) -> list[continual.Memory]:
+    """The method's memory of every domain, read from / written to the cache."""
+    key = jax.random.fold_in(jax.random.key(seed), 0)  # as continual.build_memories
+    out = []
+    for s, task in enumerate(tasks):
+        path = CACHE / f"{tag}_{method}_stage{s}.npz"
+        if path.is_file():
+            with np.load(path) as f:
+                out.append(continual.Memory(jnp.asarray(f["images"]), jnp.asarray(f["labels"])))
+            continue
+        started = time.perf_counter()
+        build = registry_builder(method, preset["method_preset"], model, task.name, preset["overrides"].get(method, {}))
+        memory = continual.build_task_memory(jax.random.fold_in(key, s), build, task, preset["ipc"])
+        CACHE.mkdir(parents=True, exist_ok=True)
+        np.savez(path.with_suffix(".tmp.npz"), images=np.asarray(memory.images), labels=np.asarray(memory.labels),
+                 seconds=time.perf_counter() - started)
+        path.with_suffix(".tmp.npz").rename(path)
+        print(f"{method} memory of {task.name}: {time.perf_counter() - started:.0f} s", flush=True)
+        out.append(memory)
+    return out
+
+
+def plot(runs: list[dict], sequence: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    stages = np.arange(1, len(sequence) + 1)
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in runs)):
+        for run in (r for r in runs if r["method"] == method):
+            acc = 100 * np.asarray(run["stage_accs"])
+            ax.errorbar(stages, acc.mean(1), acc.std(1), color=f"C{i}", ls="-" if run["kd"] else "--", marker="o",
+                        capsize=3, label=f"{method} {'w/ KD' if run['kd'] else 'w/o KD'}")
+    ax.set_xticks(stages, [f"T{s}\n{n}" for s, n in zip(stages, sequence)])
+    ax.set_ylabel("mean test accuracy on seen domains (%)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def table(runs: list[dict], sequence: list[str]) -> str:
+    head = " | ".join(f"T{s + 1} ({n})" for s, n in enumerate(sequence))
+    lines = [f"| memory | KD | {head} |", "|---|---|" + "---|" * len(sequence)]
+    for run in runs:
+        acc = 100 * np.asarray(run["stage_accs"])
+        cells = " | ".join(f"{m:.1f} +- {s:.1f}" for m, s in zip(acc.mean(1), acc.std(1)))
+        lines.append(f"| {run['method']} | {'yes' if run['kd'] else 'no'} | {cells} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="smoke", choices=sorted(PRESETS))
+    parser.add_argument("--sequence", default="digits28,mnist,usps", help="comma-separated registry names")
+    parser.add_argument("--methods", default=None, help="comma-separated registered methods (default: the preset's)")
+    parser.add_argument("--models", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    preset = PRESETS[args.preset]
+    names = args.sequence.split(",")
+    methods = args.methods.split(",") if args.methods else list(preset["methods"])
+    num_models = args.models or preset["models"]
+    shape = data.DATASETS[names[0]].image_shape
+    tasks = [load_domain(n, shape, args.data_dir, preset["train_size"], preset["test_size"]) for n in names]
+    model = models.get_model("ConvNet", shape, 10, width=preset["width"])
+    protocol = evaluate.get_protocol("dc", epochs=preset["epochs"])
+    sequence = [n.replace("digits28", "digits") for n in names]
+    tag = f"{args.preset}_{'-'.join(names)}_ipc{preset['ipc']}_seed{args.seed}"
+    runs = []
+    for method in methods:
+        memories = memories_for(method, tasks, preset, model, tag, args.seed)
+        for kd in (False, True):
+            path = CACHE / f"{tag}_{method}_kd{int(kd)}_m{num_models}.json"
+            if path.is_file():
+                runs.append(json.loads(path.read_text()))
+                continue
+            started = time.perf_counter()
+            config = continual.ContinualConfig(num_models=num_models, kd=kd, **KD)
+            result = continual.train_sequence(jax.random.key(args.seed), model, tasks, memories, protocol, config)
+            run = {"method": method, "kd": kd, "stage_accs": result.stage_accs.tolist(),
+                   "task_accs": np.where(np.isnan(result.task_accs), None, result.task_accs).tolist(),
+                   "seconds": round(time.perf_counter() - started, 1)}
+            path.write_text(json.dumps(run) + "\n")
+            runs.append(run)
+            final = 100 * result.stage_accs[-1]
+            print(f"{method} kd={kd}: final {final.mean():.1f} +- {final.std():.1f} % ({run['seconds']} s)", flush=True)
+    name = "continual" if args.preset == "cpu" and names == ["digits28", "mnist", "usps"] else f"continual_{tag}"
+    summary = {"sequence": sequence, "ipc": preset["ipc"],
+               "runs": [{"method": r["method"], "kd": r["kd"], "stage_accs": r["stage_accs"]} for r in runs]}
+    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(f"{name}_full", {
+        **summary,
+        "task_accs": {f"{r['method']}_kd{int(r['kd'])}": r["task_accs"] for r in runs},
+        "protocol": protocol, "network": {"arch": "ConvNet", "width": preset["width"]},
+        "continual": {**KD, "num_models": num_models, "warm_start": True},
+        "preset": args.preset, "method_overrides": preset["overrides"], "seed": args.seed,
+    })
+    text = (f"# Continual learning ({' -> '.join(sequence)}, {preset['ipc']} img/cls, preset {args.preset})\n\n"
+            f"Mean test accuracy (%) on all domains seen after each stage, mean +- std over {num_models} "
+            f"models.\n\n{table(runs, sequence)}\n\n`{command_line()}`\n")
+    (RESULTS / f"{name}.md").write_text(text)
+    plot(runs, sequence, RESULTS / f"{name}.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

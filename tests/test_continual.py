@@ -1,0 +1,94 @@
+"""Continual learning: the distillation loss by hand, and the stage loop against direct training."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdd import coreset
+from jaxdd.continual import (ContinualConfig, Task, build_memories, class_split_tasks, kd_loss, stage_key,
+                             train_sequence)
+from jaxdd.data import load_dataset
+from jaxdd.evaluate import evaluate_synset, get_protocol
+from jaxdd.models import get_model
+
+
+def test_kd_loss_is_ce_plus_t2_scaled_kl_by_hand():
+    z = np.array([[1.0, -0.5, 0.2], [0.3, 0.9, -1.2]])
+    z_old = np.array([[0.5, 0.1, -0.3], [-0.2, 1.5, 0.4]])
+    y = np.array([0, 2])
+    t, lam = 2.0, 0.7
+
+    def softmax(a):
+        e = np.exp(a - a.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    ce = -np.log(softmax(z)[np.arange(2), y])
+    q, p = softmax(z_old / t), softmax(z / t)
+    kl = (q * np.log(q / p)).sum(-1)
+    want = np.mean(ce + lam * t**2 * kl)
+    with jax.enable_x64():
+        got = kd_loss(jnp.asarray(z), jnp.asarray(y), jnp.asarray(z_old), t, lam)
+        plain = kd_loss(jnp.asarray(z), jnp.asarray(y), jnp.asarray(z_old), t, 0.0)
+        # The teacher is a constant and the distillation term vanishes when it agrees with the student.
+        grad_teacher = jax.grad(lambda a: kd_loss(jnp.asarray(z), jnp.asarray(y), a, t, lam))(jnp.asarray(z_old))
+        same = kd_loss(jnp.asarray(z), jnp.asarray(y), jnp.asarray(z), t, lam)
+    np.testing.assert_allclose(float(got), want, rtol=1e-12)
+    np.testing.assert_allclose(float(plain), ce.mean(), rtol=1e-12)
+    np.testing.assert_allclose(float(same), ce.mean(), rtol=1e-12)
+    assert float(got) > float(plain) + 0.05
+    np.testing.assert_array_equal(np.asarray(grad_teacher), 0.0)
+
+
+def _random_builder(key, images, labels, num_classes, ipc):
+    s = coreset.random_real(key, images, labels, num_classes, ipc)
+    return s.images, s.labels
+
+
+@pytest.fixture(scope="module")
+def digit_tasks():
+    ds = load_dataset("digits")
+    # Three domains from the embedded digits: as is, inverted, transposed.
+    def domain(name, f):
+        return Task(name, f(ds.x_train), ds.y_train, f(ds.x_test[:150]), ds.y_test[:150])
+
+    return [domain("plain", lambda x: x), domain("inverted", lambda x: -x),
+            domain("transposed", lambda x: jnp.swapaxes(x, 1, 2))]
+
+
+def test_stage_three_trains_on_all_memories_and_kd_changes_training(digit_tasks):
+    model = get_model("MLP", (8, 8, 1), 10, width=16)
+    protocol = get_protocol("dc", epochs=8)
+    key = jax.random.key(0)
+    memories = build_memories(key, digit_tasks, _random_builder, ipc=2)
+    # Labels of task 0 are kept: 2 images of each class.
+    np.testing.assert_array_equal(np.bincount(np.asarray(memories[0].labels), minlength=10), 2)
+    config = ContinualConfig(num_models=2, warm_start=False)
+    plain = train_sequence(key, model, digit_tasks, memories, protocol, config)
+    # Stage 3 (fresh start, no KD) equals training directly on M_1 u M_2 u M_3 -- the memory of
+    # stage 1 is still in the training set -- tested on every task.
+    union = [jnp.concatenate([m.images for m in memories]), jnp.concatenate([m.labels for m in memories])]
+    for t, task in enumerate(digit_tasks):
+        direct = evaluate_synset(stage_key(key, 2), model, *union, task.x_test, task.y_test, protocol, num_models=2)
+        np.testing.assert_allclose(plain.task_accs[2, t], direct.accs, atol=1e-6)
+    np.testing.assert_allclose(plain.stage_accs[2], plain.task_accs[2].mean(axis=0))
+    assert np.isnan(plain.task_accs[0, 1:]).all() and np.isfinite(plain.task_accs[2]).all()
+
+    # Two stages with distillation: stage 1 has no teacher (the same as without), stage 2 differs.
+    distilled = train_sequence(key, model, digit_tasks[:2], memories[:2], protocol,
+                               config._replace(kd=True, kd_weight=5.0))
+    np.testing.assert_array_equal(distilled.task_accs[0], plain.task_accs[0, :2])
+    assert not np.array_equal(distilled.task_accs[1], plain.task_accs[1, :2])
+
+
+def test_class_split_tasks_and_memories_keep_global_labels(digit_tasks):
+    plain = digit_tasks[0]
+    tasks = class_split_tasks(plain.x_train, plain.y_train, plain.x_test, plain.y_test, [(0, 1), (7, 9)])
+    assert set(np.unique(np.asarray(tasks[1].y_test))) == {7, 9}
+    memories = build_memories(jax.random.key(1), tasks, _random_builder, ipc=3)
+    np.testing.assert_array_equal(np.sort(np.asarray(memories[1].labels)), [7, 7, 7, 9, 9, 9])
+    for memory, task in zip(memories, tasks):  # every memory image is a training image of its class
+        flat = np.asarray(task.x_train).reshape(len(task.x_train), -1)
+        for x, y in zip(np.asarray(memory.images).reshape(len(memory.images), -1), np.asarray(memory.labels)):
+            match = np.flatnonzero((flat == x).all(axis=1))
+            assert match.size and int(task.y_train[match[0]]) == y
