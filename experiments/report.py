@@ -319,7 +319,9 @@ def load_mgdd(record: dict, source: str) -> Iterator[tuple[tuple, Ours]]:
     header = record.get("header", {})
     base = {**header, "seed": header.get("seed")}
     for row in record.get("table", []):
-        detail = f"{row.get('source')} -> {row.get('target')}, {row.get('steps')} steps, eval " \
+        sources = {entry.get("target"): entry.get("sources", []) for entry in record.get("pretrain", [])}
+        source_name = row.get("source") or "+".join(sources.get(row["target"], [])) or "?"
+        detail = f"{source_name} -> {row.get('target')}, {row.get('steps')} steps, eval " \
                  f"{row.get('protocol', {}).get('name', '?')}"
         yield ("mgdd", row["target"], int(row["ipc"]), row["method"]), _ours(
             row, base, source, {"distill": row.get("seconds")}, detail=detail)
@@ -366,6 +368,10 @@ def mgdd_speedups(results_dir: Path) -> list[str]:
     for path in sorted(results_dir.glob("mgdd_*.json")):
         try:
             record = json.loads(path.read_text())
+            if isinstance(record.get("speedup"), dict):  # mgdd_summary.json: the ratios, already computed
+                lines += [f"- {cell} img/cls ({path.name}): speed-up at equal accuracy {ratio:.2f}x "
+                          f"(paper: {MGDD_SPEEDUP_PAPER})" for cell, ratio in sorted(record["speedup"].items())]
+                continue
             rows = {(r["target"], r["ipc"], r["method"]): r for r in record.get("table", [])}
             for target, ipc, _ in {(r["target"], r["ipc"], 0) for r in record.get("speedup", [])}:
                 ours = rows.get((target, ipc, "mgdd"))

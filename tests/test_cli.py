@@ -84,6 +84,7 @@ def test_error_paths_are_one_line_without_output(tmp_path, capsys, argv, needle)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_no_arguments_runs_the_main_job(tmp_path):
     """`jaxdd` alone distils on the embedded default and says where it wrote (a real process)."""
     env = {**os.environ, "JAXDD_DATA_DIR": str(tmp_path / "no-data")}
