@@ -107,6 +107,16 @@ def test_generator_files_round_trip_and_errors(tmp_path):
         mgdd.load_generator(str(out))
     with pytest.raises(mgdd.GeneratorError, match="lacks"):
         mgdd.save_generator(str(tmp_path / "h"), params, {"source": "digits"})
+    (out / "generator.json").write_text(json.dumps(info))
+    raw = (out / "generator.msgpack").read_bytes()
+    flipped = bytearray(raw)
+    flipped[-3] ^= 0x01  # inside the last stored float: still valid msgpack
+    (out / "generator.msgpack").write_bytes(bytes(flipped))
+    with pytest.raises(mgdd.GeneratorError, match="content hash"):
+        mgdd.load_generator(str(out))
+    (out / "generator.msgpack").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(mgdd.GeneratorError, match="unreadable"):
+        mgdd.load_generator(str(out))
 
 
 def test_split_and_sampling_by_class_are_disjoint_and_distinct():

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -42,7 +41,7 @@ import numpy as np
 import optax
 from flax import serialization
 
-from jaxdd import krr
+from jaxdd import io, krr
 from jaxdd.methods import DistillRequest, IterativeMethod, MethodSpec, config_to_dict, register, request_config
 from jaxdd.types import Array, Model, Params, PRNGKey, SynSet
 
@@ -690,7 +689,7 @@ def pretrain_generator(
     record = {**pretrain_record(method, state), "seconds": time.perf_counter() - start, "resumed": bool(resume)}
     full = {**(meta or {}), "pretrain": method.config, "pretrain_result": record}
     save_generator(out_dir, state.params, {"generator": generator.arch, **full})
-    _atomic_write(os.path.join(out_dir, PRETRAIN_CURVE), json.dumps(record, indent=2).encode())
+    io.write_file_atomically(os.path.join(out_dir, PRETRAIN_CURVE), json.dumps(record, indent=2))
     plot_curve(os.path.join(out_dir, "pretrain_curve.png"), record, title=str((meta or {}).get("source", "")))
     return record
 
@@ -699,28 +698,17 @@ def pretrain_generator(
 # Generator files
 
 
-class GeneratorError(ValueError):
-    """A generator directory that is missing, incomplete or inconsistent."""
+class GeneratorError(io.FileCheckError):
+    """A generator directory that is missing, incomplete, corrupt or inconsistent (one line, exit 2)."""
 
 
-def _atomic_write(path: str, payload: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _params_hash(params: Params) -> str:
+    """SHA-256 of every parameter array by its path (stored in ``generator.json``, checked on load)."""
+    return io.content_hash({jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)})
 
 
 def save_generator(out_dir: str, params: Params, meta: dict) -> None:
-    """Writes ``generator.msgpack`` (flax serialisation) then ``generator.json``, each atomically.
+    """Writes ``generator.msgpack`` (flax serialisation) and ``generator.json`` as one atomic change.
 
     ``meta["generator"]`` is the architecture (``Generator.arch``). Other files in ``out_dir``
     (a pre-training checkpoint, the curve) are kept.
@@ -728,29 +716,27 @@ def save_generator(out_dir: str, params: Params, meta: dict) -> None:
     for field in ("channels", "width", "depth", "embed", "gate"):
         if field not in meta.get("generator", {}):
             raise GeneratorError(f"generator metadata lacks generator.{field}")
-    _atomic_write(os.path.join(out_dir, "generator.msgpack"), serialization.to_bytes(jax.device_get(params)))
-    text = json.dumps({"format": GENERATOR_FORMAT, **meta}, indent=2, sort_keys=True, default=str)
-    _atomic_write(os.path.join(out_dir, "generator.json"), text.encode())
+    params = jax.device_get(params)
+    text = json.dumps({"format": GENERATOR_FORMAT, **meta, "params_sha256": _params_hash(params)}, indent=2, sort_keys=True, default=str)
+    io.write_folder_atomically(out_dir, {"generator.msgpack": serialization.to_bytes(params), "generator.json": text})
 
 
 def load_generator(path: str) -> tuple[Generator, Params, dict]:
     """Reads a generator written by :func:`save_generator`: ``(generator, params, meta)``.
 
     Raises:
-        GeneratorError: missing files, wrong format tag, or parameters that do not fit the
-            architecture recorded in the metadata.
+        GeneratorError: missing, unreadable or truncated files, a wrong format tag, parameters
+            that do not fit the architecture recorded in the metadata, or parameters whose
+            content hash differs from the one written beside them.
     """
     meta_path = os.path.join(path, "generator.json")
     params_path = os.path.join(path, "generator.msgpack")
     if not (os.path.isfile(meta_path) and os.path.isfile(params_path)):
         raise GeneratorError(f"{path} is not a generator directory (needs generator.json and generator.msgpack)")
-    try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-    except json.JSONDecodeError as e:
-        raise GeneratorError(f"{meta_path}: invalid JSON ({e})") from None
-    if meta.get("format") != GENERATOR_FORMAT:
-        raise GeneratorError(f"{meta_path}: format {meta.get('format')!r}, expected {GENERATOR_FORMAT!r}")
+    meta = io.read_json(meta_path, GeneratorError)
+    found = meta.get("format") if isinstance(meta, dict) else None
+    if found != GENERATOR_FORMAT:
+        raise GeneratorError(f"{meta_path}: format {found!r}, expected {GENERATOR_FORMAT!r}")
     arch = meta.get("generator", {})
     try:
         generator = make_generator(int(arch["channels"]), int(arch["width"]), int(arch["depth"]), int(arch["embed"]),
@@ -762,12 +748,14 @@ def load_generator(path: str) -> tuple[Generator, Params, dict]:
         raw = f.read()
     try:
         params = serialization.from_bytes(template, raw)
-    except (ValueError, KeyError, TypeError) as e:
-        raise GeneratorError(f"{params_path}: parameters do not match the recorded architecture ({e})") from None
+    except Exception as e:  # truncated or corrupt msgpack raises msgpack's own errors too
+        raise GeneratorError(f"{params_path}: unreadable, or its parameters do not match the recorded architecture ({type(e).__name__})") from None
     if jax.tree.structure(params) != jax.tree.structure(template) or any(
         np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(template))
     ):
         raise GeneratorError(f"{params_path}: parameters do not match the recorded architecture")
+    if "params_sha256" in meta and _params_hash(params) != meta["params_sha256"]:
+        raise GeneratorError(f"{params_path}: parameters changed since they were written (content hash differs)")
     return generator, jax.tree.map(jnp.asarray, params), meta
 
 
