@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import real_data_dir
-from jaxdd import io
+from jaxdd import data, io
 from jaxdd.cli import main
 from jaxdd.distill import CHECKPOINT_FILE
 
@@ -64,6 +64,9 @@ def test_a_finished_set_is_never_overwritten_silently(finished, tmp_path, capsys
 def test_resume_of_another_run_is_refused_naming_the_fields(finished, capsys, change, needle):
     if "mnist" in change and real_data_dir() is None:
         pytest.skip("MNIST files are not here")
+    if "mnist" in change:  # prepare MNIST first: its one-time "preparing ..." lines are not part of the error
+        data.load_dataset("mnist", str(real_data_dir()))
+        capsys.readouterr()
     before = _files(finished)
     _one_line_error(*_run([*FAST_DM, "--seed", "7", "--out", finished, "--resume", *change], capsys)[::2], needle)
     assert _files(finished) == before
