@@ -166,7 +166,7 @@ def test_command_lines_with_a_bad_value_end_in_one_line(tmp_path_factory, capsys
     "case,needle",
     [
         ("import a file that is not a set", "pickled"),
-        ("generator JSON invalid", "invalid JSON"),
+        ("generator JSON invalid", "is not valid JSON"),
         ("generator parameters truncated", "do not match the recorded architecture"),
         ("pretrain onto a finished generator", "holds a finished generator; add --overwrite"),
         ("pretrain onto an unfinished run", "unfinished run; add --resume"),
