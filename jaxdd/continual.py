@@ -23,10 +23,9 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxdd.evaluate import ModelKey, default_model_batch, minibatch_trainer, resolve_augment
-from jaxdd.train import Protocol, accuracy, epoch_batch, make_optimizer
+from jaxdd.train import Protocol, accuracy, train_loop
 from jaxdd.types import Array, Model, Params, PRNGKey
 
 MemoryBuilder = Callable[[PRNGKey, Array, Array, int, int], tuple[Array, Array]]
@@ -136,33 +135,18 @@ def train_with_teacher(
 ) -> Params:
     """Trains ``params`` on ``(images, labels)`` with :func:`kd_loss` against ``teacher``'s outputs.
 
-    The same minibatch loop as :func:`jaxdd.train.train_loop` (one ``lax.scan``, shuffled epochs,
+    The minibatch loop of :func:`jaxdd.train.train_loop` (one ``lax.scan``, shuffled epochs,
     the protocol's optimiser and schedule, per-sample augmentation of the batch seen by both
     networks); only the loss differs. ``protocol.loss`` is ignored (cross-entropy).
     """
     shuffle_key, augment_key = jax.random.split(key)
-    augment = resolve_augment(protocol.augment)
-    set_size = images.shape[0]
-    batch_size = min(protocol.batch_size, set_size)
-    optimizer = make_optimizer(protocol, protocol.total_steps(set_size), protocol.batches_per_epoch(set_size))
 
-    def one_step(carry, step):
-        p, opt_state = carry
-        indices, mask = epoch_batch(shuffle_key, step, set_size, batch_size)
-        x = images[indices]
-        if augment is not None:
-            x = augment(jax.random.fold_in(augment_key, step), x)
-        teacher_logits = model.apply(teacher, x)
+    def distillation_loss(q, x, y, mask):
+        return kd_loss(model.apply(q, x), y, model.apply(teacher, x), temperature, weight, mask)
 
-        def loss(q):
-            return kd_loss(model.apply(q, x), labels[indices], teacher_logits, temperature, weight, mask)
-
-        updates, opt_state = optimizer.update(jax.grad(loss)(p), opt_state, p)
-        return (optax.apply_updates(p, updates), opt_state), None
-
-    steps = jnp.arange(protocol.total_steps(set_size))
-    (params, _), _ = jax.lax.scan(one_step, (params, optimizer.init(params)), steps)
-    return params
+    return train_loop(model, params, images, labels, protocol, shuffle_key=shuffle_key,
+                      augment=resolve_augment(protocol.augment), augment_key=augment_key,
+                      batch_loss=distillation_loss)
 
 
 def stage_key(key: PRNGKey, stage: int) -> PRNGKey:

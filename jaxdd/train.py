@@ -196,13 +196,16 @@ def train_loop(
     shuffle_key: PRNGKey,
     augment: Optional[Callable[[PRNGKey, Array], Array]] = None,
     augment_key: Optional[PRNGKey] = None,
+    batch_loss: Optional[Callable[[Params, Array, Array, Array], Array]] = None,
 ) -> Params:
     """Trains ``params`` on ``(images, labels)`` with ``protocol``: minibatch steps in one ``lax.scan``.
 
     Update per step t: ``params, opt_state = opt.update(grad L(params; batch_t))`` where batch_t
     is the t-th minibatch of the shuffled epochs (:func:`epoch_batch` with ``shuffle_key``),
     augmented per sample with ``augment(fold_in(augment_key, t), x)`` if given. The one loop
-    behind evaluation (:func:`train_on_set`) and the inner training of the matching methods.
+    behind evaluation (:func:`train_on_set`), the inner training of the matching methods and
+    continual learning's distillation (which passes its own ``batch_loss(params, x, y, mask)``;
+    default: ``protocol.loss`` on the network's logits).
 
     Returns:
         The trained parameters.
@@ -213,8 +216,10 @@ def train_loop(
     total_steps = protocol.total_steps(set_size)
     optimizer = make_optimizer(protocol, total_steps, steps_per_epoch)
 
-    def batch_loss(p, x, y, mask):
-        return loss_fn(model.apply(p, x), y, protocol.loss, mask)
+    if batch_loss is None:
+
+        def batch_loss(p, x, y, mask):
+            return loss_fn(model.apply(p, x), y, protocol.loss, mask)
 
     def one_step(carry, step):
         p, opt_state = carry
