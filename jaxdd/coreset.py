@@ -9,9 +9,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxdd.progress import tick
 from jaxdd.sampling import group_by_class, sample_per_class
 from jaxdd.sharding import map_chunks
-from jaxdd.types import Array, PRNGKey, SynSet
+from jaxdd.train import Protocol, loss_fn, train_loop
+from jaxdd.types import Array, Model, Params, PRNGKey, SynSet
 
 
 def class_sorted_labels(num_classes: int, ipc: int) -> Array:
@@ -199,63 +201,60 @@ def knn_accuracy(support: Array, support_labels: Array, queries: Array, query_la
     return float(jnp.mean(knn_predict(support, support_labels, queries, k) == query_labels))
 
 
+def forgetting_protocol(epochs: int = 1, batch_size: int = 256, lr: float = 0.01, momentum: float = 0.9) -> Protocol:
+    """The feature network's training: SGD with momentum, constant ``lr``, no weight decay, cross-entropy."""
+    return Protocol(name="forgetting", optimizer="sgd", lr=lr, momentum=momentum, weight_decay=0.0, epochs=epochs,
+                    batch_size=batch_size, schedule="constant", loss="ce")
+
+
 def train_and_count_forgetting(
     key: PRNGKey,
-    model,
+    model: Model,
     images: Array,
     labels: Array,
     epochs: int = 1,
     batch_size: int = 256,
     lr: float = 0.01,
     momentum: float = 0.9,
-) -> tuple:
+) -> tuple[Params, Array]:
     """Trains ``model`` on the full data and counts forgetting events (Toneva et al., ICLR 2019).
 
-    SGD with momentum over shuffled minibatches (one ``lax.scan`` over all steps). Each time an
-    image is in a minibatch its correctness (before the update) is recorded; a forgetting event is
-    a presentation where it is misclassified after having been correct at its previous
-    presentation. Images never classified correctly get ``inf`` events.
+    :func:`jaxdd.train.train_loop` under :func:`forgetting_protocol` (shuffled minibatches, one
+    ``lax.scan`` over all steps) from ``model.init``, tracking per image: each time it is in a
+    minibatch its correctness (before the update) is recorded; a forgetting event is a
+    presentation where it is misclassified after having been correct at its previous
+    presentation. Images never classified correctly get ``inf`` events. Every step ticks an open
+    :func:`jaxdd.progress.progress_bar` (``total_steps`` of the protocol).
 
     Returns:
         (trained params, (N,) float32 forgetting counts). The params give the features of the
         herding and k-center selections.
     """
-    import math
-
-    import optax
-
-    from jaxdd.train import epoch_batch, loss_fn
-
     init_key, shuffle_key = jax.random.split(key)
-    params = model.init(init_key)
     count = images.shape[0]
-    batch = min(batch_size, count)
-    steps = epochs * math.ceil(count / batch)
-    optimizer = optax.sgd(lr, momentum=momentum or None)
 
-    def step(carry, t):
-        params, opt_state, last, learned, events = carry
-        indices, mask = epoch_batch(shuffle_key, t, count, batch)
+    def batch_loss(p, x, y, mask):
+        logits = model.apply(p, x)
+        return loss_fn(logits, y, "ce", mask), jnp.argmax(logits, -1) == y
 
-        def loss(p):
-            logits = model.apply(p, images[indices])
-            return loss_fn(logits, labels[indices], "ce", mask), logits
-
-        grads, logits = jax.grad(loss, has_aux=True)(params)
-        correct = jnp.argmax(logits, -1) == labels[indices]
+    def count_events(state, indices, mask, correct):
+        last, learned, events = state
         rows = jnp.where(mask > 0, indices, count)  # padding entries are dropped below
         forgot = last[indices] & ~correct
         events = events.at[rows].add(forgot.astype(jnp.float32), mode="drop")
         last = last.at[rows].set(correct, mode="drop")
         learned = learned.at[rows].set(learned[indices] | correct, mode="drop")
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state, last, learned, events), None
+        jax.debug.callback(tick, events[0])
+        return last, learned, events
 
-    start = (params, optimizer.init(params), jnp.zeros(count, bool), jnp.zeros(count, bool), jnp.zeros(count))
-    (params, _, _, learned, events), _ = jax.lax.scan(step, start, jnp.arange(steps))
+    start = (jnp.zeros(count, bool), jnp.zeros(count, bool), jnp.zeros(count))
+    params, (_, learned, events) = train_loop(
+        model, model.init(init_key), images, labels, forgetting_protocol(epochs, batch_size, lr, momentum),
+        shuffle_key=shuffle_key, batch_loss=batch_loss, track=(start, count_events),
+    )
     return params, jnp.where(learned, events, jnp.inf)
 
 
-def embed_all(model, params, images: Array, batch_size: int = 1000) -> Array:
+def embed_all(model: Model, params: Params, images: Array, batch_size: int = 1000) -> Array:
     """``model.embed(params, images)`` in chunks (:func:`jaxdd.sharding.map_chunks`), (N, F)."""
     return map_chunks(lambda x: model.embed(params, x).reshape(x.shape[0], -1), images, batch_size)

@@ -13,7 +13,6 @@ with the models split on the ``model`` axis and the test images on the ``data`` 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -25,6 +24,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from jaxdd.progress import progress_bar, tick
 from jaxdd.sharding import DATA, MODEL, constrain, replicate, shard_data
 from jaxdd.train import CycledGD, Protocol, accuracy, train_on_set
 from jaxdd.types import Array, Model, Params, PRNGKey
@@ -162,40 +162,12 @@ def _train_keys(model, protocol, model_batch, keys, images, labels, init_params,
     def train_one(k):
         params = trainer(k, model, images, labels, protocol, params=init_params, step_sizes=step_sizes)
         # Tick the progress bar once this model is trained (the argument orders it after training).
-        jax.debug.callback(_model_trained, jax.tree.leaves(params)[0].ravel()[0])
+        jax.debug.callback(tick, jax.tree.leaves(params)[0].ravel()[0])
         return params
 
     count = keys.shape[0]
     batch = model_batch or default_model_batch(count)
     return jax.lax.map(train_one, keys, batch_size=min(batch, count))
-
-
-_PROGRESS: list = []
-"""Progress bars of the evaluations running now (host side); every trained model ticks the last."""
-
-
-def _model_trained(_) -> None:
-    if _PROGRESS:
-        _PROGRESS[-1].update(1)
-
-
-@contextlib.contextmanager
-def _progress_bar(total: int, progress: Union[bool, str]):
-    """A tqdm bar (stderr) counting trained models while the block runs, if ``progress``."""
-    if not progress:
-        yield
-        return
-    from tqdm.auto import tqdm
-
-    label = progress if isinstance(progress, str) else "evaluate"
-    bar = tqdm(total=total, desc=label, unit="model", dynamic_ncols=True)
-    _PROGRESS.append(bar)
-    try:
-        yield
-    finally:
-        jax.effects_barrier()
-        _PROGRESS.remove(bar)
-        bar.close()
 
 
 _EVERY_DEVICE = P((MODEL, DATA))
@@ -307,7 +279,7 @@ def evaluate_synset(
     model = ModelKey(model, images.shape[1:], images.dtype)
     if mesh is None:
         batch = min(model_batch or default_model_batch(num_models), num_models)
-        with _progress_bar(num_models, progress):
+        with progress_bar(num_models, progress, "evaluate", "model"):
             accs = np.asarray(_evaluate_jit(
                 key, model, images, labels, test_images, test_labels, protocol, num_models, init_params, step_sizes, chunk, batch
             ))
@@ -318,7 +290,7 @@ def evaluate_synset(
         pad = -num_test % mesh.shape[DATA]
         test_images = jnp.concatenate([test_images, jnp.zeros((pad,) + test_images.shape[1:], test_images.dtype)])
         test_labels = jnp.concatenate([test_labels, jnp.full((pad,), -1, test_labels.dtype)])
-        with _progress_bar(per_device * mesh.size, progress):  # padded models are trained too
+        with progress_bar(per_device * mesh.size, progress, "evaluate", "model"):  # padded models are trained too
             accs = np.asarray(_evaluate_mesh_jit(
                 *replicate(mesh, (key, images, labels)),
                 *shard_data(mesh, (test_images, test_labels)),

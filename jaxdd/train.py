@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -197,18 +197,24 @@ def train_loop(
     augment: Optional[Callable[[PRNGKey, Array], Array]] = None,
     augment_key: Optional[PRNGKey] = None,
     batch_loss: Optional[Callable[[Params, Array, Array, Array], Array]] = None,
-) -> Params:
+    track: Optional[tuple[Any, Callable[[Any, Array, Array, Any], Any]]] = None,
+) -> Any:
     """Trains ``params`` on ``(images, labels)`` with ``protocol``: minibatch steps in one ``lax.scan``.
 
     Update per step t: ``params, opt_state = opt.update(grad L(params; batch_t))`` where batch_t
     is the t-th minibatch of the shuffled epochs (:func:`epoch_batch` with ``shuffle_key``),
     augmented per sample with ``augment(fold_in(augment_key, t), x)`` if given. The one loop
-    behind evaluation (:func:`train_on_set`), the inner training of the matching methods and
+    behind evaluation (:func:`train_on_set`), the inner training of the matching methods,
     continual learning's distillation (which passes its own ``batch_loss(params, x, y, mask)``;
-    default: ``protocol.loss`` on the network's logits).
+    default: ``protocol.loss`` on the network's logits) and the forgetting counts of the coresets.
+
+    With ``track = (state_0, update)`` the loop also carries a state of per-example bookkeeping:
+    ``batch_loss`` returns ``(loss, aux)`` and after each step's gradient
+    ``state = update(state, indices, mask, aux)``, with ``aux`` computed at the parameters before
+    the update (e.g. which examples of the batch were classified correctly).
 
     Returns:
-        The trained parameters.
+        The trained parameters; with ``track``, ``(params, state)``.
     """
     set_size = images.shape[0]
     batch_size = min(protocol.batch_size, set_size)
@@ -217,22 +223,29 @@ def train_loop(
     optimizer = make_optimizer(protocol, total_steps, steps_per_epoch)
 
     if batch_loss is None:
+        if track is not None:
+            raise ValueError("train_loop: track needs a batch_loss that returns (loss, aux)")
 
         def batch_loss(p, x, y, mask):
             return loss_fn(model.apply(p, x), y, protocol.loss, mask)
 
     def one_step(carry, step):
-        p, opt_state = carry
+        p, opt_state, tracked = carry
         indices, mask = epoch_batch(shuffle_key, step, set_size, batch_size)
         x = images[indices]
         if augment is not None:
             x = augment(jax.random.fold_in(augment_key, step), x)
-        grads = jax.grad(batch_loss)(p, x, labels[indices], mask)
+        if track is None:
+            grads = jax.grad(batch_loss)(p, x, labels[indices], mask)
+        else:
+            grads, aux = jax.grad(batch_loss, has_aux=True)(p, x, labels[indices], mask)
+            tracked = track[1](tracked, indices, mask, aux)
         updates, opt_state = optimizer.update(grads, opt_state, p)
-        return (optax.apply_updates(p, updates), opt_state), None
+        return (optax.apply_updates(p, updates), opt_state, tracked), None
 
-    (params, _), _ = jax.lax.scan(one_step, (params, optimizer.init(params)), jnp.arange(total_steps))
-    return params
+    start = (params, optimizer.init(params), None if track is None else track[0])
+    (params, _, tracked), _ = jax.lax.scan(one_step, start, jnp.arange(total_steps))
+    return params if track is None else (params, tracked)
 
 
 def train_on_set(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,6 +75,41 @@ def test_forgetting_picks_most_forgotten_and_counts_events():
     assert float(jnp.mean(jnp.argmax(model.apply(params, x), -1) == y)) > 0.8
 
 
+def test_forgetting_counts_match_a_step_by_step_reference():
+    """train.train_loop with a forgetting track against a Python loop over the same minibatches:
+    SGD with momentum, correctness before each update, an event when a correct image turns wrong,
+    inf for images never correct; 40 images in batches of 12 (the last one padded)."""
+    import optax
+
+    from conftest import tiny_mlp
+    from jaxdd.train import epoch_batch, loss_fn
+
+    model = tiny_mlp(num_inputs=4, hidden=8, num_classes=2)
+    x = jax.random.normal(jax.random.key(1), (40, 2, 2, 1))
+    y = (x.reshape(40, -1).sum(1) > 0).astype(jnp.int32)
+    key = jax.random.key(3)
+    params, counts = coreset.train_and_count_forgetting(key, model, x, y, epochs=3, batch_size=12, lr=0.3, momentum=0.9)
+
+    init_key, shuffle_key = jax.random.split(key)
+    p = model.init(init_key)
+    opt = optax.sgd(0.3, momentum=0.9)
+    state = opt.init(p)
+    last, learned, events = np.zeros(40, bool), np.zeros(40, bool), np.zeros(40)
+    for t in range(3 * 4):
+        idx, mask = (np.asarray(a) for a in epoch_batch(shuffle_key, t, 40, 12))
+        logits = model.apply(p, x[idx])
+        grads = jax.grad(lambda q: loss_fn(model.apply(q, x[idx]), y[idx], "ce", jnp.asarray(mask)))(p)
+        for i, correct, real in zip(idx, np.asarray(jnp.argmax(logits, -1) == y[idx]), mask > 0):
+            if real:
+                events[i] += last[i] and not correct
+                last[i], learned[i] = correct, learned[i] or correct
+        updates, state = opt.update(grads, state, p)
+        p = optax.apply_updates(p, updates)
+    np.testing.assert_array_equal(np.asarray(counts), np.where(learned, events, np.inf))
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(p)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_kmeans_recovers_separated_clusters_and_knn():
     centres = np.array([[0.0, 0.0], [10.0, 10.0]], np.float32)
     rng = np.random.default_rng(0)
@@ -109,3 +146,20 @@ def test_coreset_methods_through_the_registry(digits):
             for image, label in zip(np.asarray(synset.images).reshape(20, -1), synset.labels.tolist()):
                 row = int(np.argmin(np.abs(train - image).sum(1)))
                 assert np.allclose(train[row], image) and int(digits.y_train[row]) == label
+
+
+def test_feature_network_progress_bar_follows_the_request_and_changes_nothing(digits, capsys):
+    from conftest import tiny_mlp
+
+    model = tiny_mlp(num_inputs=64, hidden=16, num_classes=10)
+    request = DistillRequest(
+        images=digits.x_train, labels=digits.y_train, num_classes=10, model=model, ipc=2, preset="smoke",
+        key=jax.random.key(0), dataset="digits",
+    )
+    quiet, _ = get_method("forgetting").make(request)
+    assert "coreset features" not in capsys.readouterr().err
+    shown, _ = get_method("forgetting").make(dataclasses.replace(request, progress=True))
+    err = capsys.readouterr().err
+    steps = 2 * -(-digits.x_train.shape[0] // 256)  # the smoke preset's 2 epochs of batch 256
+    assert "coreset features" in err and f"{steps}/{steps}" in err, err
+    np.testing.assert_array_equal(quiet.images, shown.images)

@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jaxdd"
 LAYERS = {
     "core": {"jaxdd.types"},
     "primitives": {
-        "jaxdd.sampling", "jaxdd.sharding", "jaxdd.augment", "jaxdd.train", "jaxdd.evaluate", "jaxdd.krr",
-        "jaxdd.coreset", "jaxdd.experts", "jaxdd.continual",
+        "jaxdd.sampling", "jaxdd.sharding", "jaxdd.progress", "jaxdd.augment", "jaxdd.train", "jaxdd.evaluate",
+        "jaxdd.krr", "jaxdd.coreset", "jaxdd.experts", "jaxdd.continual",
     },
     "methods": {"jaxdd.methods"},  # and every jaxdd.methods.<name>
     "driver": {"jaxdd.distill", "jaxdd.io"},
@@ -75,6 +75,19 @@ def test_primitives_know_no_method(module):
 def test_models_and_data_know_nothing_of_distillation(module):
     bad = _imports(MODULES[module]) - {"jaxdd.types"}
     assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_core_imports_no_other_module_of_the_package():
+    bad = _imports(MODULES["jaxdd.types"])
+    assert not bad, f"jaxdd.types imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_only_the_application_and_the_file_checks_know_the_zoo(module):
+    """Datasets and architectures are picked by the application; io.py reaches the registry only to
+    check a file's dataset name, shape and normalisation."""
+    if _layer(module) != "application" and module != "jaxdd.io":
+        assert not _imports(MODULES[module]) & LAYERS["zoo"], module
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))

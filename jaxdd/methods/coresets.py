@@ -14,6 +14,7 @@ import jax
 
 from jaxdd import coreset
 from jaxdd.methods import DistillRequest, MethodSpec, register, request_config
+from jaxdd.progress import progress_bar
 
 
 class FeatureConfig(NamedTuple):
@@ -54,12 +55,18 @@ def kmeans_config(preset: str, ipc: int, dataset: str) -> KMeansConfig:
 
 
 def _trained(request: DistillRequest):
-    """Feature-network params and forgetting counts (SGD lr 0.01, momentum 0.9, batch 256)."""
+    """Feature-network params and forgetting counts (:func:`jaxdd.coreset.forgetting_protocol`),
+    with a progress bar of its steps if ``request.progress``."""
     epochs = request_config(request, feature_config).feature_epochs
-    params, counts = jax.jit(coreset.train_and_count_forgetting, static_argnums=(1, 4))(
-        jax.random.fold_in(request.key, 1), request.model, request.images, request.labels, epochs
-    )
-    return params, counts, {"feature_epochs": epochs, "feature_lr": 0.01, "feature_momentum": 0.9, "feature_batch": 256}
+    protocol = coreset.forgetting_protocol(epochs)
+    steps = protocol.total_steps(request.images.shape[0])
+    with progress_bar(steps, request.progress, "coreset features", "step"):
+        params, counts = jax.block_until_ready(jax.jit(coreset.train_and_count_forgetting, static_argnums=(1, 4))(
+            jax.random.fold_in(request.key, 1), request.model, request.images, request.labels, epochs
+        ))
+    recorded = {"feature_epochs": epochs, "feature_lr": protocol.lr, "feature_momentum": protocol.momentum,
+                "feature_batch": protocol.batch_size}
+    return params, counts, recorded
 
 
 def _by_features(select):

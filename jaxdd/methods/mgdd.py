@@ -43,6 +43,7 @@ from flax import serialization
 
 from jaxdd import io, krr
 from jaxdd.methods import DistillRequest, IterativeMethod, MethodSpec, config_to_dict, register, request_config
+from jaxdd.sampling import RealByClass, group_by_class, min_class_count, sample_classes, split_per_class
 from jaxdd.types import Array, Model, Params, PRNGKey, SynSet
 
 GENERATOR_FORMAT = "jaxdd-mgdd-generator-v2"
@@ -255,17 +256,7 @@ def generator_from_config(channels: int, config) -> Generator:
 
 
 # --------------------------------------------------------------------------------------------
-# Real images arranged by class (pure, jittable sampling)
-
-
-class ClassPool(NamedTuple):
-    """Real images by class: ``images`` (C, M, H, W, Ch); class c holds ``counts[c] <= M`` valid rows.
-
-    Rows past a class's count repeat its images (padding) and are never sampled.
-    """
-
-    images: Array
-    counts: Array
+# Real images by class: the tables of :mod:`jaxdd.sampling`, drawn inside the jitted steps
 
 
 def pool_sources(sources) -> tuple[Array, Array, int]:
@@ -283,45 +274,6 @@ def pool_sources(sources) -> tuple[Array, Array, int]:
         ys.append(jnp.asarray(labels, jnp.int32) + offset)
         offset += int(num_classes)
     return jnp.concatenate(xs), jnp.concatenate(ys), offset
-
-
-def split_by_class(
-    key: PRNGKey, images: Array, labels: Array, num_classes: int, max_per_class: int, holdout_per_class: int = 0
-) -> tuple[ClassPool, Optional[ClassPool]]:
-    """Random per-class split into a training :class:`ClassPool` and a held-out one.
-
-    Each class is shuffled with its own key; its first ``holdout_per_class`` images form the
-    held-out pool (None when 0), the next ``max_per_class`` at most the training pool. Built once
-    on the host; sampling from the pools happens inside jitted steps.
-    """
-    labels_np = np.asarray(labels)
-    counts = np.bincount(labels_np, minlength=num_classes)
-    if counts.min() <= holdout_per_class:
-        raise ValueError(f"every class needs more than {holdout_per_class} images; counts {counts.tolist()}")
-    train_idx, held_idx = [], []
-    for c, k in zip(range(num_classes), jax.random.split(key, num_classes)):
-        idx = np.flatnonzero(labels_np == c)
-        idx = idx[np.asarray(jax.random.permutation(k, idx.shape[0]))]
-        held_idx.append(idx[:holdout_per_class])
-        train_idx.append(idx[holdout_per_class: holdout_per_class + max_per_class])
-
-    def pool(groups):
-        m = max(len(g) for g in groups)
-        padded = np.stack([np.resize(g, m) for g in groups])
-        return ClassPool(jnp.asarray(images)[jnp.asarray(padded)], jnp.asarray([len(g) for g in groups], jnp.int32))
-
-    return pool(train_idx), (pool(held_idx) if holdout_per_class else None)
-
-
-def sample_classes(key: PRNGKey, pool: ClassPool, classes: Array, n: int) -> Array:
-    """``n`` distinct images of each class in ``classes``: (k, n, H, W, Ch)."""
-    m = pool.images.shape[1]
-
-    def one(k, c):
-        valid = (jnp.arange(m) < pool.counts[c]).astype(jnp.float32)
-        return pool.images[c, jax.random.choice(k, m, (n,), replace=False, p=valid / jnp.sum(valid))]
-
-    return jax.vmap(one)(jax.random.split(key, classes.shape[0]), classes)
 
 
 def _flat_with_labels(x: Array) -> tuple[Array, Array]:
@@ -461,7 +413,7 @@ class PretrainState(NamedTuple):
 class PretrainData(NamedTuple):
     """Real data of pre-training: the training pool and the fixed validation tasks (stacked)."""
 
-    train: ClassPool
+    train: RealByClass
     val: Task
 
 
@@ -470,7 +422,7 @@ def curve_steps(config: PretrainConfig) -> list[int]:
     return list(range(0, config.steps, config.val_every)) + [config.steps]
 
 
-def _draw_task(model: Model, key: PRNGKey, pool: ClassPool, classes: Array, ipcs, config) -> Task:
+def _draw_task(model: Model, key: PRNGKey, pool: RealByClass, classes: Array, ipcs, config) -> Task:
     """A task's real batch, label networks (fitted once) and one random-real initial set per size."""
     k_real, k_lab, k_net, k_init = jax.random.split(key, 4)
     x_t, y_t = _flat_with_labels(sample_classes(k_real, pool, classes, config.real_per_class))
@@ -537,10 +489,11 @@ def make_pretrain(
         raise ValueError("mgdd needs a model with an `embed` function (features before the classifier)")
     task_classes = min(config.task_classes, num_classes)
     k_split, k_val = jax.random.split(key)
-    train, held = split_by_class(k_split, images, labels, num_classes, config.max_per_class, config.holdout_per_class)
+    train, held = split_per_class(k_split, group_by_class(images, labels, num_classes), config.max_per_class,
+                                  config.holdout_per_class)
     if held is None:
         raise ValueError("pre-training needs held-out images (holdout_per_class > 0) for its validation loss")
-    smallest = min(int(train.counts.min()), int(held.counts.min()))
+    smallest = min(min_class_count(train), min_class_count(held))
     if max(config.pretrain_ipcs + (config.real_per_class, config.label_per_class)) > smallest:
         raise ValueError(f"mgdd pre-training: too few images per class ({smallest}) for the configured batch sizes")
     ipcs = tuple(config.pretrain_ipcs)
@@ -780,21 +733,21 @@ class AdaptData(NamedTuple):
             pool Z of random real initial sets with their labels (solved once).
     """
 
-    pool: ClassPool
+    pool: RealByClass
     nets: LabelNets
     pools: tuple
 
 
-def initial_set(key: PRNGKey, pool: ClassPool, ipc: int) -> Array:
+def initial_set(key: PRNGKey, pool: RealByClass, ipc: int) -> Array:
     """A class-sorted random real initial set of ``ipc`` images per class, (C * ipc, H, W, Ch)."""
-    x, _ = _flat_with_labels(sample_classes(key, pool, jnp.arange(pool.images.shape[0]), ipc))
+    x, _ = _flat_with_labels(sample_classes(key, pool, jnp.arange(pool.index.shape[0]), ipc))
     return x
 
 
 def prepare_target(
     model: Model,
     key: PRNGKey,
-    pool: ClassPool,
+    pool: RealByClass,
     config: MGDDConfig,
     adapt_ipcs: tuple,
     first_sets: Optional[dict] = None,
@@ -804,14 +757,14 @@ def prepare_target(
     Args:
         model: the random feature network family.
         key: typed key (label batch, label networks, pools).
-        pool: target images by class (:func:`split_by_class`).
+        pool: target images by class (:func:`jaxdd.sampling.split_per_class`).
         config: ``label_per_class``, ``label_nets``, ``reg``, ``init_sets``, ``labels``.
         adapt_ipcs: the sizes (images per class) of the pools.
         first_sets: optional ``{ipc: X}`` initial sets placed first in their pool (the set that
             will be deployed, so adaptation sees it).
     """
     k_lab, k_net, k_pool = jax.random.split(key, 3)
-    num_classes = pool.images.shape[0]
+    num_classes = pool.index.shape[0]
     classes = jnp.arange(num_classes)
     x_l, y_l = _flat_with_labels(sample_classes(k_lab, pool, classes, config.label_per_class))
     nets = fit_label_nets(model, k_net, x_l, y_l, config.label_nets, config.reg)
@@ -837,7 +790,7 @@ def make_adapt_step(generator: Generator, model: Model, config: MGDDConfig):
 
     def step(state: AdaptState, data: AdaptData, key: PRNGKey):
         k_real, k_pick, k_loss = jax.random.split(key, 3)
-        classes = jnp.arange(data.pool.images.shape[0])
+        classes = jnp.arange(data.pool.index.shape[0])
         x_t, y_t = _flat_with_labels(sample_classes(k_real, data.pool, classes, config.real_per_class))
 
         def loss_fn(w):
@@ -876,7 +829,7 @@ def generate(
     labels: str = "analytic",
 ) -> SynSet:
     """A synthetic set of any size: :func:`initial_set` (``ipc`` per class) then :func:`deploy`."""
-    num_classes = data.pool.images.shape[0]
+    num_classes = data.pool.index.shape[0]
     return deploy(generator, gen_params, model, data.nets, initial_set(key, data.pool, ipc), num_classes, labels)
 
 
@@ -904,8 +857,9 @@ def make(request: DistillRequest) -> IterativeMethod:
         generator = generator_from_config(channels, config)
         gen_params = generator.init(k_gen)
     adapt_ipcs = tuple(config.adapt_ipcs) or (request.ipc,)
-    pool, _ = split_by_class(k_split, request.images, request.labels, request.num_classes, config.max_per_class)
-    available = int(pool.counts.min())
+    pool, _ = split_per_class(k_split, group_by_class(request.images, request.labels, request.num_classes),
+                              config.max_per_class)
+    available = min_class_count(pool)
     if max(adapt_ipcs + (request.ipc, config.real_per_class, config.label_per_class)) > available:
         raise ValueError(f"mgdd: too few real images per class ({available}) for the requested sizes")
     x_init = initial_set(k_deploy, pool, request.ipc)
