@@ -1,10 +1,15 @@
 """All benchmarks in one command: jaxdd against eager PyTorch, side by side, in one session.
 
-    nice -n 10 python -m benchmarks.run --quick          # minutes on 2 CPU cores
-    python -m benchmarks.run                             # the papers' sizes (a GPU host)
-    python -m benchmarks.run --quick --only dc eval      # some benchmarks (merged into today's file)
+    python -m benchmarks.run                             # the headline: the papers' sizes (benchmarks.paper)
+    python -m benchmarks.run --sizes tiny                # seconds: the paper-size harness on tiny sizes
+    nice -n 10 python -m benchmarks.run --quick          # smoke: minutes on 2 CPU cores, small batches
+    python -m benchmarks.run --quick --only dc eval      # some smoke benchmarks (merged into today's file)
 
-Every benchmark runs in its own process (so that its peak memory is its own, and so that the
+Without ``--quick`` this runs :mod:`benchmarks.paper` (each side in its own process, peak
+resident memory of each; ``benchmarks/results/paper-sizes-<machine>-<date>.json``). The smoke
+run below is the older harness at small sizes.
+
+Every smoke benchmark runs in its own process (so that its peak memory is its own, and so that the
 device-scaling runs can ask XLA for N host devices). Inside it the JAX program is compiled
 once (compile time reported apart), both sides are warmed up, then JAX and PyTorch alternate
 ``repeats`` times (JAX, PyTorch, JAX, ...) and the medians are compared: these machines are
@@ -400,12 +405,21 @@ def _rank(name: str) -> tuple:
 
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: minutes on 2 CPU cores")
-    parser.add_argument("--only", nargs="+", metavar="NAME", help=f"benchmarks to run, of {', '.join(ORDER)}")
+    parser.add_argument("--quick", action="store_true", help="smoke: small sizes, minutes on 2 CPU cores")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help=f"benchmarks to run: with --quick of {', '.join(ORDER)}; else of benchmarks.paper's")
+    parser.add_argument("--sizes", help="paper-size set: paper, paper-cpu or tiny (default: by backend)")
+    parser.add_argument("--data", help="paper sizes: an .npz with x_train, y_train (default: random normal)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    mode = args.mode or ("quick" if args.quick else "full")
+    if not args.quick and not args.child:
+        from benchmarks import paper
+
+        forwarded = (["--sizes", args.sizes] if args.sizes else []) + (["--only", *args.only] if args.only else []) \
+            + (["--data", args.data] if args.data else [])
+        return paper.main(forwarded)
+    mode = args.mode or "quick"
     if args.child:
         print(json.dumps(child(args.child, mode)))
         return 0

@@ -49,6 +49,16 @@ def convnet(channels: int, size: int, num_classes: int, width: int = 128, depth:
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * final * final, num_classes)).to(device())
 
 
+def lenet(channels: int, size: int, num_classes: int) -> nn.Sequential:
+    """LeNet-5 as in DC and DD (``jaxdd.models`` 'LeNet'): 28x28 inputs padded by 2 in the first conv."""
+    pad = 2 if size == 28 else 0
+    final = (size + 2 * pad - 4) // 2 - 4
+    return nn.Sequential(
+        nn.Conv2d(channels, 6, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * (final // 2) ** 2, 120), nn.ReLU(), nn.Linear(120, 84),
+        nn.ReLU(), nn.Linear(84, num_classes)).to(device())
+
+
 def _class_rows(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
     return [np.flatnonzero(labels == c) for c in range(num_classes)]
 
@@ -144,17 +154,19 @@ def dm_iteration(images: np.ndarray, labels: np.ndarray, num_classes: int, ipc: 
 
 
 def dd_iteration(images: np.ndarray, labels: np.ndarray, num_classes: int, *, steps: int, epochs: int,
-                 real_batch: int, width: int = 128, distill_lr: float = 0.02, lr: float = 0.01) -> Callable[[], None]:
+                 real_batch: int, width: int = 128, distill_lr: float = 0.02, lr: float = 0.01,
+                 arch: str = "convnet") -> Callable[[], None]:
     """One DD outer step (fixed init) per call: differentiate through ``steps * epochs`` GD steps.
 
     ``theta_{t+1} = theta_t - softplus(raw_t) * grad CE(x~_{t mod S}, theta_t)`` from one fixed
     ``theta_0``, unrolled with ``autograd.grad(create_graph=True)``; the meta-loss is CE of
     ``theta_T`` on a real batch; Adam (betas 0.5, 0.999) on the images and raw step sizes.
+    ``arch``: 'convnet' (width ``width``) or 'lenet' (DD's MNIST network).
     """
     x = to_nchw(images)
     y = torch.tensor(np.asarray(labels), dtype=torch.long, device=x.device)
     channels, size = x.shape[1], x.shape[2]
-    net = convnet(channels, size, num_classes, width)
+    net = lenet(channels, size, num_classes) if arch == "lenet" else convnet(channels, size, num_classes, width)
     theta0 = {name: p.detach().clone() for name, p in net.named_parameters()}
     syn = torch.randn(steps, num_classes, channels, size, size, device=x.device, requires_grad=True)
     syn_labels = torch.arange(num_classes, device=x.device)
@@ -221,4 +233,5 @@ def evaluation(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, 
     return run
 
 
-__all__ = ["convnet", "dc_iteration", "dd_iteration", "device", "dm_iteration", "evaluation", "synchronize", "to_nchw"]
+__all__ = ["convnet", "dc_iteration", "dd_iteration", "device", "dm_iteration", "evaluation", "lenet", "synchronize",
+           "to_nchw"]

@@ -11,7 +11,9 @@ there is no ``pmap`` and no branch on the device count. The helpers here are sma
   (``jax.lax.with_sharding_constraint``). Without a mesh it returns its input unchanged, so a
   method that calls it runs the very same program as before on one device;
 - :func:`map_chunks` bounds the memory of a row-wise computation on one device (one ``lax.map``
-  over fixed-size chunks).
+  over fixed-size chunks); :func:`map_rows` is ``vmap`` or that chunked map, by a chunk size that
+  :func:`chunk_for` derives from a memory budget (:func:`memory_budget`) and an estimate of the
+  bytes of one row (:func:`traced_bytes`).
 
 See ``docs/scaling.md``.
 """
@@ -19,6 +21,7 @@ See ``docs/scaling.md``.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -188,6 +191,108 @@ def map_chunks(fn: Callable[[Any], Any], xs: Any, chunk: int) -> Any:
     return jax.tree.map(lambda y: y.reshape((chunks * chunk,) + y.shape[2:])[:count], out)
 
 
+MEMORY_BUDGET_ENV = "JAXDD_MEMORY_BUDGET"
+"""Environment variable: bytes one chunked computation may use (``4G``, ``512M``, ``2000000000``)."""
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """``'4G'`` -> 4 * 2**30; ``'512M'``, ``'100K'``, plain integers (bytes); optional trailing ``B``/``iB``.
+
+    Raises:
+        ValueError: not a positive size (one line).
+    """
+    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = cleaned[-1:] if cleaned[-1:] in _UNITS and cleaned[-1:] else ""
+    try:
+        value = float(cleaned[: len(cleaned) - len(unit)])
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ValueError(f"bad memory size {text!r}: expected a positive number of bytes such as 4G, 512M or 1000000")
+    return int(value * _UNITS[unit])
+
+
+def memory_budget(device: Any = None) -> int:
+    """Bytes that one chunked computation (:func:`map_rows`) may use on ``device`` (default: the first).
+
+    ``$JAXDD_MEMORY_BUDGET`` when set; otherwise a quarter of the memory XLA may allocate on an
+    accelerator (``memory_stats()['bytes_limit']``) and an eighth of the physical memory on a CPU
+    (which shares it with the host program, the data and the other processes).
+    """
+    text = os.environ.get(MEMORY_BUDGET_ENV)
+    if text:
+        return parse_bytes(text)
+    device = device or jax.devices()[0]
+    limit = (device.memory_stats() or {}).get("bytes_limit") if device.platform != "cpu" else None
+    if limit:
+        return int(limit) // 4
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8
+
+
+def traced_bytes(fn: Callable[..., Any], *args: Any) -> int:
+    """Sum of the sizes of every intermediate array in the jaxpr of ``fn(*args)`` (nothing runs).
+
+    An upper bound on the memory XLA needs for the call when it keeps every intermediate alive
+    (as reverse-mode differentiation keeps residuals); fusion and buffer reuse make the true peak
+    smaller. Sub-jaxprs (``jit``, ``custom_vjp``, loop bodies) count once, as the loop's
+    carried values do.
+    """
+    return _jaxpr_bytes(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _jaxpr_bytes(jaxpr: Any) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        subs = [getattr(p, "jaxpr", p) for p in eqn.params.values() if hasattr(getattr(p, "jaxpr", p), "eqns")]
+        if subs:
+            total += sum(_jaxpr_bytes(sub) for sub in subs)
+            continue
+        for var in eqn.outvars:
+            shape = getattr(var.aval, "shape", ())
+            total += math.prod(shape) * getattr(var.aval.dtype, "itemsize", 8)
+    return total
+
+
+def chunk_for(row_bytes: int, rows: int, chunk: Optional[int] = None, budget: Optional[int] = None) -> int:
+    """Rows per chunk: ``chunk`` when given, else as many rows as ``budget`` (default
+    :func:`memory_budget`) holds at ``row_bytes`` each; between 1 and ``rows``.
+
+    Raises:
+        ValueError: ``chunk`` is below 1.
+    """
+    if chunk is not None:
+        if chunk < 1:
+            raise ValueError(f"chunk size must be at least 1 (got {chunk})")
+        return min(chunk, rows)
+    budget = memory_budget() if budget is None else budget
+    return max(1, min(rows, budget // max(row_bytes, 1)))
+
+
+def map_rows(fn: Callable[..., Any], xs: tuple, chunk: int, remat: bool = False) -> Any:
+    """``jax.vmap(fn)(*xs)`` when ``chunk`` covers every row, else ``chunk`` rows at a time.
+
+    The chunked form is one ``lax.map(..., batch_size=chunk)`` (the remainder as one smaller
+    ``vmap``), so only one chunk's intermediates are live; with ``remat`` the chunk body is a
+    ``jax.checkpoint``, so reverse-mode differentiation keeps each chunk's inputs rather than its
+    intermediates and recomputes them chunk by chunk. Rows are computed independently either way,
+    so both forms give the same values (to float rounding: XLA may fuse the two programs
+    differently).
+
+    Args:
+        fn: maps one row of each of ``xs`` to a pytree.
+        xs: a tuple of pytrees with a common leading axis (typed keys allowed).
+        chunk: rows per chunk (:func:`chunk_for`).
+        remat: checkpoint the chunk body (for a map inside a differentiated function).
+    """
+    rows = jax.tree.leaves(xs)[0].shape[0]
+    if chunk >= rows:
+        return jax.vmap(fn)(*xs)
+    body = jax.checkpoint(lambda row: fn(*row)) if remat else (lambda row: fn(*row))
+    return jax.lax.map(body, xs, batch_size=chunk)
+
+
 def _device_put(leaf: Any, sharding: NamedSharding) -> jax.Array:
     """``jax.device_put``; typed keys travel as their key data (a key array cannot be put on
     another process's devices directly)."""
@@ -210,4 +315,7 @@ def _fits(shape: dict, dims: tuple, spec: P) -> tuple:
     return tuple(out)
 
 
-__all__ = ["AXES", "DATA", "MODEL", "constrain", "make_mesh", "map_chunks", "parse_mesh", "replicate", "shard_data"]
+__all__ = [
+    "AXES", "DATA", "MEMORY_BUDGET_ENV", "MODEL", "chunk_for", "constrain", "make_mesh", "map_chunks", "map_rows",
+    "memory_budget", "parse_bytes", "parse_mesh", "replicate", "shard_data", "traced_bytes",
+]

@@ -7,7 +7,7 @@ One outer iteration (one call of the jitted ``step``)::
 
     theta_0 ~ P(theta_0)                           (a fresh network, or a vmapped batch of them)
     for t in 0 .. outer_loop-1:
-        for every class c (vmapped, one program):
+        for every class c (vmapped, class_chunk classes at a time):
             B_c^T = batch_real real images of class c;  S_c = the ipc synthetic images of class c
             [DSA: the same random transform A_c applied to both]
             L_c = D(grad_theta CE(S_c, c; theta_t), grad_theta CE(B_c^T, c; theta_t))
@@ -18,6 +18,10 @@ One outer iteration (one call of the jitted ``step``)::
 nodes of ``1 - cos`` between the per-node gradient rows (1-D parameters such as biases and norm
 scales are ignored, as in the reference, unless ``include_1d``); ``mse`` and a global ``cos``
 are the reference's alternatives.
+
+Memory: the classes are matched ``class_chunk`` at a time (:func:`match_loss`), by default as
+many as the memory budget holds (:func:`class_chunk`); at the papers' sizes one class's real
+gradient with its second-order synthetic gradient is the bulk of a step's memory.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from jaxdd import augment
 from jaxdd.coreset import class_sorted_labels
 from jaxdd.methods import DistillRequest, IterativeMethod, MethodSpec, register, request_config
 from jaxdd.sampling import RealByClass, group_by_class, min_class_count, sample_per_class
-from jaxdd.sharding import DATA, MODEL, constrain
+from jaxdd.sharding import DATA, MODEL, chunk_for, constrain, map_rows, traced_bytes
 from jaxdd.train import Protocol, train_loop
 from jaxdd.types import Array, Model, Params, PRNGKey, SynSet
 
@@ -147,6 +151,9 @@ class DCConfig(NamedTuple):
             real images).
         dsa_strategy: DSA families joined by '_' ('' for DC; e.g. 'color_crop_cutout_scale_rotate'),
             applied Siamese-wise in matching and per sample in the inner training.
+        class_chunk: classes matched at once (bounds memory; none: as many as the memory budget
+            holds, ``$JAXDD_MEMORY_BUDGET`` or a share of the device's memory, see
+            dc.class_chunk). Results equal the all-classes form to float rounding.
     """
 
     num_classes: int
@@ -165,6 +172,7 @@ class DCConfig(NamedTuple):
     num_inits: int = 1
     init: Literal["noise", "real"] = "noise"
     dsa_strategy: str = ""
+    class_chunk: Optional[int] = None
 
     @property
     def loops(self) -> tuple[int, int]:
@@ -206,6 +214,23 @@ def class_loss(model: Model, params: Params, images: Array, label: Array) -> Arr
     return -jnp.mean(jax.nn.log_softmax(model.apply(params, images))[:, label])
 
 
+def class_real_gradient(model: Model, params: Params, real: Array, label: Array, key: PRNGKey, config: DCConfig) -> Params:
+    """``grad_theta CE(A(real))`` for one class, a constant (``stop_gradient``); ``A`` is DSA with ``key``."""
+    if config.dsa_strategy:
+        real = augment.dsa(key, real, config.dsa_strategy)
+    return jax.lax.stop_gradient(jax.grad(class_loss, argnums=1)(model, params, real, label))
+
+
+def class_syn_distance(
+    model: Model, params: Params, syn: Array, g_real: Params, label: Array, key: PRNGKey, config: DCConfig
+) -> Array:
+    """``D(grad CE(A(syn)), g_real)`` for one class, differentiable in ``syn``; ``A`` is DSA with ``key``."""
+    if config.dsa_strategy:
+        syn = augment.dsa(key, syn, config.dsa_strategy)
+    g_syn = jax.grad(class_loss, argnums=1)(model, params, syn, label)
+    return match_distance(g_syn, g_real, config.metric, config.include_1d, config.out_axis)
+
+
 def class_match_distance(
     model: Model, params: Params, syn: Array, real: Array, label: Array, key: PRNGKey, config: DCConfig
 ) -> Array:
@@ -213,26 +238,70 @@ def class_match_distance(
 
     The real gradient is a constant (``stop_gradient``); the result is differentiable in ``syn``.
     """
-    if config.dsa_strategy:
-        real = augment.dsa(key, real, config.dsa_strategy)
-        syn = augment.dsa(key, syn, config.dsa_strategy)
-    g_real = jax.lax.stop_gradient(jax.grad(class_loss, argnums=1)(model, params, real, label))
-    g_syn = jax.grad(class_loss, argnums=1)(model, params, syn, label)
-    return match_distance(g_syn, g_real, config.metric, config.include_1d, config.out_axis)
+    g_real = class_real_gradient(model, params, real, label, key, config)
+    return class_syn_distance(model, params, syn, g_real, label, key, config)
 
 
-def match_loss(model: Model, params: Params, syn: Array, real: Array, key: PRNGKey, config: DCConfig) -> Array:
-    """``sum_c`` :func:`class_match_distance`, all classes in one ``vmap``.
+def class_bytes(model: Model, syn_shape: tuple, real_shape: tuple, config: DCConfig) -> int:
+    """Estimated bytes of one class's matching for one network: the intermediates of the real
+    gradient plus those of the synthetic images' gradient of the distance (second order), summed
+    over the traced program (:func:`jaxdd.sharding.traced_bytes`, an upper bound; nothing runs).
+
+    Args:
+        syn_shape, real_shape: one class's (ipc, H, W, Ch) and (B, H, W, Ch).
+    """
+    label, key = jnp.int32(0), jax.random.key(0)
+
+    def one(params, s, r):
+        g_real = class_real_gradient(model, params, r, label, key, config)
+        return jax.grad(lambda x: class_syn_distance(model, params, x, g_real, label, key, config))(s)
+
+    params = jax.eval_shape(model.init, key)
+    return traced_bytes(one, params, jax.ShapeDtypeStruct(syn_shape, jnp.float32),
+                        jax.ShapeDtypeStruct(real_shape, jnp.float32))
+
+
+def class_chunk(model: Model, syn_shape: tuple, real_shape: tuple, config: DCConfig) -> int:
+    """Classes matched at once: ``config.class_chunk``, else as many as
+    :func:`jaxdd.sharding.memory_budget` holds at :func:`class_bytes` per class times ``num_inits``.
+
+    Args:
+        syn_shape, real_shape: (C, ipc, H, W, Ch) and (C, B, H, W, Ch).
+    """
+    num_classes = syn_shape[0]
+    if config.class_chunk is not None:
+        return chunk_for(0, num_classes, config.class_chunk)
+    per_class = class_bytes(model, tuple(syn_shape[1:]), tuple(real_shape[1:]), config) * max(config.num_inits, 1)
+    return chunk_for(per_class, num_classes)
+
+
+def match_loss(
+    model: Model, params: Params, syn: Array, real: Array, key: PRNGKey, config: DCConfig, chunk: Optional[int] = None
+) -> Array:
+    """``sum_c`` :func:`class_match_distance` over the classes, ``chunk`` classes at a time.
+
+    With ``chunk`` None or at least C all classes are one ``vmap``. A smaller chunk bounds the
+    memory (:func:`jaxdd.sharding.map_rows`): first the real gradients, ``chunk`` classes at a
+    time (no derivative flows through them), then the distances, ``chunk`` classes at a time
+    under ``jax.checkpoint``, so the image gradient keeps one chunk's second-order intermediates
+    at a time. Same per-class keys, hence the same augmentations, in both forms.
 
     Args:
         syn: (C, ipc, H, W, Ch) synthetic images by class.
         real: (C, B, H, W, Ch) real images by class.
         key: split into one augmentation key per class.
+        chunk: classes per chunk (:func:`class_chunk`).
     """
-    classes = jnp.arange(syn.shape[0])
-    keys = jax.random.split(key, syn.shape[0])
-    per_class = jax.vmap(lambda s, r, c, k: class_match_distance(model, params, s, r, c, k, config))
-    return jnp.sum(per_class(syn, real, classes, keys))
+    num_classes = syn.shape[0]
+    classes = jnp.arange(num_classes)
+    keys = jax.random.split(key, num_classes)
+    if chunk is None or chunk >= num_classes:
+        per_class = jax.vmap(lambda s, r, c, k: class_match_distance(model, params, s, r, c, k, config))
+        return jnp.sum(per_class(syn, real, classes, keys))
+    g_real = map_rows(lambda r, c, k: class_real_gradient(model, params, r, c, k, config), (real, classes, keys), chunk)
+    distances = map_rows(lambda s, g, c, k: class_syn_distance(model, params, s, g, c, k, config),
+                         (syn, g_real, classes, keys), chunk, remat=True)
+    return jnp.sum(distances)
 
 
 def train_network(
@@ -296,13 +365,14 @@ def dc_step(model: Model, config: DCConfig, state: DCState, real: RealByClass, k
     labels = class_sorted_labels(num_classes, ipc)
     init_key, loop_key = jax.random.split(key)
     params = constrain(jax.vmap(model.init)(jax.random.split(init_key, config.num_inits)), MODEL)
+    chunk = class_chunk(model, state.images.shape, (num_classes, config.batch_real) + real.images.shape[1:], config)
 
     def match(params, images, opt_state, t):
         real_key, aug_key = jax.random.split(jax.random.fold_in(loop_key, t))
         batch = constrain(sample_per_class(real_key, real, config.batch_real), (None, DATA))
 
         def loss_of(imgs):
-            losses = jax.vmap(lambda p: match_loss(model, p, imgs, batch, aug_key, config))(params)
+            losses = jax.vmap(lambda p: match_loss(model, p, imgs, batch, aug_key, config, chunk))(params)
             return jnp.mean(losses)
 
         loss, grads = jax.value_and_grad(loss_of)(images)
@@ -353,10 +423,11 @@ PRESETS: dict[str, dict] = {
         "iterations": 1000, "batch_real": 64, "init": "real", "lr_img": 1.0,
         "large_ipc": {"iterations": 100, "inner_loop": 10},
     },
-    # The reference protocol.
-    "paper": {"iterations": 1000, "batch_real": 256, "init": "noise"},
+    # The reference protocol (DSA's commands initialise from real images).
+    "paper": {"iterations": 1000, "batch_real": 256, "init": "noise", "dsa": {"init": "real"}},
 }
-"""Per-preset defaults; ``large_ipc`` entries replace the others at 10 img/cls and more."""
+"""Per-preset defaults; ``large_ipc`` entries replace the others at 10 img/cls and more, ``dsa``
+entries for DSA."""
 
 
 def default_config(preset: str, ipc: int, dataset: str, dsa: bool = False) -> DCConfig:
@@ -369,8 +440,11 @@ def default_config(preset: str, ipc: int, dataset: str, dsa: bool = False) -> DC
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     values = dict(PRESETS[preset])
     large = values.pop("large_ipc", {})
+    dsa_values = values.pop("dsa", {})
     if ipc >= 10:
         values.update(large)
+    if dsa:
+        values.update(dsa_values)
     values["dsa_strategy"] = augment.dsa_strategy(dataset) if dsa else ""
     return DCConfig(num_classes=0, ipc=ipc, **values)
 
@@ -380,8 +454,25 @@ def dsa_default_config(preset: str, ipc: int, dataset: str) -> DCConfig:
     return default_config(preset, ipc, dataset, dsa=True)
 
 
+def check_class_chunk(config) -> None:
+    """Raises ValueError (one line) for a ``class_chunk`` below 1."""
+    if config.class_chunk is not None and config.class_chunk < 1:
+        raise ValueError(f"class_chunk must be at least 1 class (got {config.class_chunk}); none chooses it from memory")
+
+
+def run_config(config) -> dict:
+    """The config a run records (its identity, :func:`jaxdd.distill.run_identity`): every field, but
+    ``class_chunk`` only when it is set: the automatic chunk depends on the machine, changes results
+    only at float rounding, and older checkpoints (without the field) must still resume."""
+    fields = config._asdict()
+    if fields.get("class_chunk") is None:
+        fields.pop("class_chunk", None)
+    return fields
+
+
 def build(model: Model, images: Array, labels: Array, config: DCConfig) -> IterativeMethod:
     """DC / DSA as an :class:`IterativeMethod` for any model and real data."""
+    check_class_chunk(config)
     real = group_by_class(images, labels, config.num_classes)
     check_batch_independent(model, real.images[real.index[:2, 0]])
     smallest = min_class_count(real)
@@ -396,7 +487,7 @@ def build(model: Model, images: Array, labels: Array, config: DCConfig) -> Itera
         to_synset=to_synset,
         real_data=real,
         num_steps=config.iterations,
-        config={**config._asdict(), "outer_loop": outer, "inner_loop": inner},
+        config={**run_config(config), "outer_loop": outer, "inner_loop": inner},
     )
 
 
@@ -433,8 +524,13 @@ __all__ = [
     "PRESETS",
     "build",
     "check_batch_independent",
+    "check_class_chunk",
+    "class_bytes",
+    "class_chunk",
     "class_loss",
     "class_match_distance",
+    "class_real_gradient",
+    "class_syn_distance",
     "dc_init",
     "dc_step",
     "default_config",
@@ -443,6 +539,7 @@ __all__ = [
     "layer_distance",
     "match_distance",
     "match_loss",
+    "run_config",
     "to_synset",
     "train_network",
 ]
