@@ -248,6 +248,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     evaluate.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
     evaluate.add_argument("--steps", type=int, default=None, help="GD steps per epoch for --protocol dd on sets without learned step sizes")
     evaluate.add_argument("--lr", type=float, default=None, help="override the protocol's learning rate")
+    evaluate.add_argument("--plain-protocol", action="store_true", help="train under the protocol alone, without the changes the set's file asks for under its default protocol (eval_overrides, e.g. MTT's learned lr); --protocol drops them too")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--data-dir", default=None)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -669,6 +670,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         config=config,
         dataset=args.dataset,
         arch=args.arch,
+        progress=not (args.no_progress or args.quiet),
     )
     started = time.perf_counter()
     made = spec.make(request)
@@ -696,6 +698,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             synset, run = made
         if dataset.zca is not None:
             extra_arrays.update({"zca_mean": dataset.zca.mean, "zca_inverse": dataset.zca.unwhiten})
+        eval_overrides = spec.eval_overrides(extra_arrays) if spec.eval_overrides else {}
         meta = {
             "dataset": args.dataset,
             "image_shape": list(info.image_shape),
@@ -714,6 +717,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             "config": methods.config_to_dict(config),
             "run": run,
             "eval_protocol": spec.default_protocol,
+            **({"eval_overrides": eval_overrides} if eval_overrides else {}),
             "identity": identity,
             "wall_time_s": round(time.perf_counter() - started, 3),
         }
@@ -759,13 +763,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     methods._load_builtin_methods()
     spec = methods.METHODS.get(meta.get("method", ""))
     protocol_name = args.protocol or meta.get("eval_protocol") or "dc"
+    explicit = {"epochs": args.epochs, "lr": args.lr, "trainer": train.CycledGD(steps=args.steps) if args.steps else None}
+    explicit = {k: v for k, v in explicit.items() if v is not None}
+    from_set = {} if args.protocol or args.plain_protocol else dict(meta.get("eval_overrides") or {})
+    unknown = sorted(set(from_set) - {field.name for field in dataclasses.fields(train.Protocol)})
+    if unknown:
+        raise CLIError(f"set {args.path} asks for unknown protocol fields {', '.join(unknown)} (eval_overrides); --plain-protocol ignores them")
+    from_set = {k: v for k, v in from_set.items() if k not in explicit}
     try:
-        protocol = evaluate.get_protocol(
-            protocol_name, name, epochs=args.epochs, lr=args.lr,
-            trainer=train.CycledGD(steps=args.steps) if args.steps else None,
-        )
+        protocol = evaluate.get_protocol(protocol_name, name, **{**from_set, **explicit})
     except ValueError as error:
         raise CLIError(str(error)) from None
+    protocol_text = protocol.name + "".join(f", the set's {k}={v:.6g}" if isinstance(v, float) else f", the set's {k}={v}" for k, v in from_set.items())
     info = data.DATASETS[name]
     model, model_init = _build_model(arch, info, args.model_init or meta.get("model_init"), arch_options)
     try:
@@ -791,7 +800,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         label = str(meta.get("method", "set")).upper()
         io.write_file_atomically(chart, lambda file: quickstart.save_comparison_chart(file, comparison, label))
     else:
-        logging.getLogger("jaxdd").info("training %d %s models on %d images (%s), protocol %s ...", args.models, arch, images.shape[0], name, protocol.name)
+        logging.getLogger("jaxdd").info("training %d %s models on %d images (%s), protocol %s ...", args.models, arch, images.shape[0], name, protocol_text)
         result = evaluate.evaluate_synset(
             jax.random.key(args.seed), model, images, labels, dataset.x_test, dataset.y_test, protocol, args.models, mesh=mesh,
             progress=not args.quiet, **kwargs
@@ -802,6 +811,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             **result.as_dict(),
             "protocol": protocol.name,
             "protocol_config": dataclasses.asdict(protocol),
+            "set_overrides": from_set,
             "arch": arch,
             "arch_options": dict(arch_options or {}),
             "model_init": model_init,
@@ -816,9 +826,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     elif comparison is not None:
         lines = quickstart.comparison_lines(comparison, label, arch, name)
         lines[-1] += f"   ({elapsed:.1f} s; chart: {chart})"
+        if from_set:
+            lines.append(f"protocol {protocol_text} (both sets; --plain-protocol: without)")
         print("\n".join(lines), flush=True)
     else:
-        print(f"{100 * result.mean:.2f} +- {100 * result.std:.2f} % test accuracy ({arch}, {name}, protocol {protocol.name}, {args.models} models, {elapsed:.1f} s)", flush=True)
+        print(f"{100 * result.mean:.2f} +- {100 * result.std:.2f} % test accuracy ({arch}, {name}, protocol {protocol_text}, {args.models} models, {elapsed:.1f} s)", flush=True)
     return 0
 
 

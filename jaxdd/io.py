@@ -455,8 +455,9 @@ def validate_synset(arrays: Mapping[str, np.ndarray], meta: Any, where: str) -> 
     (N, *image_shape) with N = num_images >= 1 and float32 finite values; the image shape and class
     count against the dataset registry (for registered names); mean/std per channel; hard labels
     (N,) integers in [0, num_classes) or soft labels (N, num_classes) finite floats, as
-    ``label_kind`` says; step sizes present as ``has_step_sizes`` says, non-empty, finite; the ZCA
-    matrices of a whitened set; the stored array names.
+    ``label_kind`` says; step sizes present as ``has_step_sizes`` says, non-empty, finite;
+    ``eval_overrides`` (protocol changes the set asks for) a mapping to finite numbers, strings or
+    booleans; the ZCA matrices of a whitened set; the stored array names.
 
     Args:
         arrays: the npz content.
@@ -523,6 +524,9 @@ def validate_synset(arrays: Mapping[str, np.ndarray], meta: Any, where: str) -> 
         fail(f"{META_FILE} has_step_sizes={meta.get('has_step_sizes')} but the arrays {'hold' if steps is not None else 'lack'} step sizes")
     if steps is not None and (steps.ndim < 1 or steps.size < 1 or not np.issubdtype(steps.dtype, np.floating) or not np.all(np.isfinite(steps))):
         fail(f"step sizes must be a non-empty finite float array, got {steps.dtype} {steps.shape}")
+    overrides = meta.get("eval_overrides", {})
+    if not (isinstance(overrides, dict) and all(isinstance(v, (str, bool)) or _is_number(v) for v in overrides.values())):
+        fail(f"eval_overrides {overrides!r} is not a mapping of protocol fields to numbers, strings or booleans")
     zca_mean, zca_inverse = arrays.get("zca_mean"), arrays.get("zca_inverse")
     if meta.get("zca"):
         size = int(np.prod(shape))

@@ -53,6 +53,8 @@ class DistillRequest:
             preset's defaults (:func:`request_config`).
         dataset: registry name of the dataset ('' for a user's own arrays).
         arch: registry name of ``model`` ('' for a user's own model).
+        progress: show progress bars on stderr for long work a direct method does while it is
+            built (e.g. the coresets' feature network); iterative methods are shown by the driver.
     """
 
     images: Array
@@ -65,6 +67,7 @@ class DistillRequest:
     config: Any = None
     dataset: str = ""
     arch: str = ""
+    progress: bool = False
 
 
 class IterativeMethod(NamedTuple):
@@ -107,6 +110,12 @@ class MethodSpec(NamedTuple):
         default_protocol: evaluation protocol used when ``jaxdd evaluate`` is given none.
         model_init: initialisation scheme (``jaxdd.models.INIT_SCHEMES``) the command builds the
             network with when the user names none; None: the architecture's own default.
+        eval_overrides: optional ``eval_overrides(extra_arrays) -> dict`` of
+            :class:`~jaxdd.train.Protocol` fields that a set of this method is trained with under
+            ``default_protocol``, read from what the run learned (e.g. MTT's learned step size as
+            ``lr``). ``jaxdd distill`` records them in the set's metadata (``eval_overrides``)
+            beside ``eval_protocol``; ``jaxdd evaluate`` applies them when no ``--protocol`` is
+            given, explicit flags (``--lr``) winning.
     """
 
     name: str
@@ -117,6 +126,7 @@ class MethodSpec(NamedTuple):
     eval_kwargs: Callable[[dict, dict, Model], dict] | None = None
     default_protocol: str = "dc"
     model_init: Optional[str] = None
+    eval_overrides: Callable[[dict], dict] | None = None
 
 
 METHODS: dict[str, MethodSpec] = {}

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from jaxdd.methods import DistillRequest, IterativeMethod, MethodSpec, register, request_config
+from jaxdd.sampling import sample_batch
 from jaxdd.sharding import DATA, MODEL, constrain
 from jaxdd.train import gd_unroll, loss_fn
 from jaxdd.types import Array, Model, Params, PRNGKey, SynSet
@@ -188,8 +189,7 @@ def make_functions(config: DDConfig, model: Model, image_shape: tuple, num_class
     def step(state: DDState, real, key: PRNGKey):
         x_all, y_all = real
         k_real, k_init = jax.random.split(key)
-        idx = jax.random.choice(k_real, x_all.shape[0], (min(config.real_batch, x_all.shape[0]),), replace=False)
-        xb, yb = constrain((x_all[idx], y_all[idx]), DATA)
+        xb, yb = constrain(sample_batch(k_real, x_all, y_all, min(config.real_batch, x_all.shape[0])), DATA)
 
         def objective(p):
             if config.init == "fixed":
@@ -257,8 +257,8 @@ PRESETS = {
     # minutes on 2 CPU cores on real MNIST with LeNet
     "cpu": dict(iterations=2000, decay_every=500, real_batch=512),
     # the reference: 400 epochs of real batches of 1024, lr halved every 40 epochs (None: resolved
-    # from the size of the real data when the run is built)
-    "paper": dict(iterations=None, decay_every=None, real_batch=1024),
+    # from the size of the real data when the run is built); one random init per step (its n_nets)
+    "paper": dict(iterations=None, decay_every=None, real_batch=1024, num_inits=1),
 }
 
 

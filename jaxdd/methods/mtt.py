@@ -25,6 +25,9 @@ the student's parameters and recomputes each step's activations in the backward 
 memory grows with sqrt(N) parameter vectors instead of N steps of activations (measured in
 ``benchmarks/mtt_memory.py``). The gradient is exact: the same as ``checkpoint='none'`` up to
 float rounding (tested in float64).
+
+Evaluation: the reference trains networks on the distilled set with the learned ``alpha`` as the
+learning rate; :func:`eval_overrides` gives it to ``jaxdd evaluate`` (and the set file records it).
 """
 
 from __future__ import annotations
@@ -321,9 +324,17 @@ def make(request: DistillRequest) -> IterativeMethod:
     return build(request.model, request.images, request.labels, trajectories, config)
 
 
+def eval_overrides(extra_arrays: dict) -> dict:
+    """``{'lr': the learned step size}``: the reference trains evaluation networks on an MTT set
+    with the step size learned beside it (``args.lr_net = syn_lr``); ``{}`` for a set without a
+    positive ``syn_lr`` array (a negative or zero one cannot train a network)."""
+    lr = extra_arrays.get("syn_lr")
+    return {"lr": float(lr)} if lr is not None and float(lr) > 0 else {}
+
+
 register(MethodSpec(
     "mtt", "MTT: matching expert training trajectories (Cazenavette et al. CVPR 2022), memory-bounded unroll",
-    make, config_type=MTTConfig, default_config=default_config, default_protocol="dsa",
+    make, config_type=MTTConfig, default_config=default_config, default_protocol="dsa", eval_overrides=eval_overrides,
 ))
 
 __all__ = [
@@ -333,6 +344,7 @@ __all__ = [
     "PAPER",
     "build",
     "default_config",
+    "eval_overrides",
     "get_trajectories",
     "mtt_init",
     "mtt_loss",
