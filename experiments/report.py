@@ -9,8 +9,10 @@ evaluation models and seed, mean +- std, the compute it took (device, wall time)
 that produced it. A cell with no result says "not run", with the reason where one is known.
 Results that match no paper cell (e.g. DM on MNIST) are listed after the paper's cells. Where a
 cell was measured more than once, the most faithful run wins (preset paper > cpu > other >
-smoke, then more evaluation models). Plots: accuracy against images per class (one PNG per
-dataset) and accuracy against wall time. Reads JSON only: no JAX, nothing is recomputed.
+smoke, then more evaluation models); the headline cells run at the papers' own protocols
+(``paper_cells.json``, experiments/paper_cells.py) also get a section of their own, first.
+Plots: accuracy against images per class (one PNG per dataset) and accuracy against wall time.
+Reads JSON only: no JAX, nothing is recomputed.
 """
 
 from __future__ import annotations
@@ -327,7 +329,49 @@ def load_mgdd(record: dict, source: str) -> Iterator[tuple[tuple, Ours]]:
             row, base, source, {"distill": row.get("seconds")}, detail=detail)
 
 
+def paper_cell_key(cell: dict) -> tuple:
+    """The paper-table key of a ``paper_cells.json`` cell: DD's Table 1 columns, else DC Table 1's."""
+    if cell["method"] == "dd":
+        return ("dd1", cell["dataset"], cell["cell"].removeprefix("dd_"))
+    return ("dc", cell["dataset"], int(cell["ipc"]), cell["method"])
+
+
+def load_paper_cells(record: dict, source: str) -> Iterator[tuple[tuple, Ours]]:
+    """``paper_cells.json`` (experiments/paper_cells.py): the headline cells at the papers' protocols."""
+    for cell in record.get("cells", []):
+        protocol = cell.get("protocol", {})
+        detail = f"protocol `{record.get('preset')}`; eval '{protocol.get('name', '?')}', " \
+                 f"{protocol.get('epochs', '?')} epochs; {cell.get('verdict', {}).get('rule', '')}"
+        yield paper_cell_key(cell), _ours(cell, {**record, "command": cell.get("command", "?")}, source,
+                                          {k: cell.get("wall_s", {}).get(k) for k in ("distill", "eval")},
+                                          percent=True, detail=detail)
+
+
+def paper_cells_markdown(results_dir: Path, commands: Commands) -> list[str]:
+    """The section on the headline cells at the papers' own protocols, when ``paper_cells.json`` exists."""
+    path = results_dir / "paper_cells.json"
+    if not path.exists():
+        return []
+    try:
+        cells = json.loads(path.read_text()).get("cells", [])
+    except ValueError:
+        return []
+    lines = ["## Headline cells at the papers' protocols (`paper`)", "",
+             "Each method's `paper` preset unchanged, evaluated under its paper's protocol "
+             "(experiments/paper_cells.py; curves against outer iterations in paper_cells.md). "
+             "These come before the `cpu` runs of the same cells in the tables below.", "",
+             "| cell | ours | paper | inside the paper's bar | models | wall time | command |",
+             "|---|---|---|---|---|---|---|"]
+    for cell in cells:
+        inside = {True: "yes", False: "no"}.get(cell.get("verdict", {}).get("inside"), "-")
+        wall = _fmt_wall({k: float(v) for k, v in cell.get("wall_s", {}).items() if v is not None})
+        lines.append(f"| {cell['cell']} | **{cell['mean']:.1f} +- {cell['std']:.1f}** | {cell.get('paper', '-')} | "
+                     f"{inside} | {cell.get('models', '-')} | {wall} | [{commands.cite(cell.get('command', '?'))}] |")
+    return lines + [""]
+
+
 LOADERS: dict[str, Callable[[dict, str], Iterator[tuple[tuple, Ours]]]] = {
+    r"paper_cells\.json": load_paper_cells,
     r"dc_table_.*\.json": load_dc_table,
     r"baselines_.*\.json": load_baselines,
     r"dc_cross_arch_.*\.json": load_cross_arch,
@@ -543,6 +587,7 @@ def markdown(index: dict, problems: list, results_dir: Path, bench_dir: Path, pl
              "docstring and docs/), so they are not the papers' protocols. Wall time: distillation and evaluation "
              "seconds as recorded (including compilation).", ""]
     used: set = set()
+    lines += paper_cells_markdown(results_dir, commands)
     lines += ["## The seed papers' tables", ""]
     for table in paper_tables():
         table_lines, table_used = table_markdown(table, index, commands)
