@@ -1,17 +1,33 @@
-"""The DC paper's continual-learning experiment: domain-incremental digits with small memories.
+"""The DC paper's continual-learning experiment: domain- or class-incremental with small memories.
 
-Sequence digits (scikit-learn, 28x28) -> MNIST -> USPS (the paper: SVHN -> MNIST -> USPS), 10
-img/cls memory per domain built by a registered method (random, herding, DM, DC, ...), networks
-trained on all memories so far with or without distillation from the previous stage's network
-(:mod:`jaxdd.continual`), tested on every domain seen so far. Writes
-``experiments/results/continual[_<preset>].{json,md,png}``; finished memories and runs are cached
-in ``experiments/results/continual_cache/`` so a restarted job skips them.
+Two modes share one loop (:mod:`jaxdd.continual`): a memory of ``ipc`` images per class of each
+task, built by a registered method (random, herding, DM, DC, ...), networks with one head over all
+classes trained on all memories so far, with and without distillation (KD) from the previous
+stage's network.
+
+- ``--mode domain`` (default): the sequence digits (scikit-learn, 28x28) -> MNIST -> USPS (the
+  paper: SVHN -> MNIST -> USPS); reported after each stage: the mean over the domains seen so far
+  of the accuracy on each domain's test set. Writes
+  ``experiments/results/continual[_<tag>].{json,md,png}``.
+- ``--mode class``: one dataset's classes split into stages of ``--classes-per-stage`` classes in
+  label order (CIFAR-10: 0-1, 2-3, ..., 8-9), the class-incremental setting of the DC authors'
+  later ``CL_DM.py``; each stage's memory is built from that stage's classes only; reported after
+  each stage: the accuracy on the union of the test images of all classes seen so far (as
+  ``CL_DM.py``, which tests once on all seen classes' images). Writes
+  ``experiments/results/continual_class_<tag>.{json,md,png}``.
+
+``--fresh-start`` trains a fresh network at every stage (as ``CL_DM.py``) instead of training the
+previous stage's network on (E2E's one network through the stages). Finished memories and runs are
+cached in ``experiments/results/continual_cache/`` so a restarted job skips them.
 
     python -m experiments.dc_continual --preset smoke --data-dir /work/shared/data
     python -m experiments.dc_continual --preset cpu --data-dir /work/shared/data
     # The paper's sequence (SVHN has no offline copy here; tensorflow-datasets downloads it,
     # ConvNet on 32x32x3: MNIST and USPS are resized and repeated to three channels):
     python -m experiments.dc_continual --preset paper --sequence svhn_cropped,mnist,usps --data-dir DATA
+    # Class-incremental: embedded 8x8 digits in seconds; CIFAR-10 in 5 stages of 2 classes.
+    python -m experiments.dc_continual --mode class --preset smoke
+    python -m experiments.dc_continual --mode class --preset cpu --data-dir /work/shared/data
 """
 
 from __future__ import annotations
@@ -46,6 +62,17 @@ PRESETS: dict[str, dict] = {
     # The published protocol (a GPU): ConvNet width 128, 300 epochs, 10 models.
     "paper": {"ipc": 10, "models": 10, "epochs": 300, "width": 128, "train_size": None, "test_size": None,
               "methods": ("random", "herding", "dm", "dc"), "method_preset": "paper", "overrides": {}},
+}
+CLASS_PRESETS: dict[str, dict] = {
+    # Seconds: the embedded 8x8 digits in 5 stages of 2 classes, 2 img/cls, 2 models.
+    "smoke": {"dataset": "digits", "classes_per_stage": 2, "ipc": 2, "models": 2, "epochs": 20, "width": 8,
+              "methods": ("random", "herding"), "method_preset": "smoke", "overrides": {}},
+    # CIFAR-10 in 5 stages of 2 classes on 2 shared CPU cores: as the domain cpu preset (ConvNet
+    # width 32, 60 epochs per stage, no augmentation, 5 models per point, 10 img/cls); DM
+    # 200 iterations per stage (its cpu preset: 1000).
+    "cpu": {"dataset": "cifar10", "classes_per_stage": 2, "ipc": 10, "models": 5, "epochs": 60, "width": 32,
+            "methods": ("random", "herding", "dm"), "method_preset": "cpu",
+            "overrides": {"dm": {"iterations": 200}}},
 }
 KD = {"temperature": 2.0, "kd_weight": 1.0}
 """E2E's distillation temperature; the two terms weighted equally."""
@@ -91,18 +118,40 @@ def registry_builder(method: str, preset: str, model, dataset: str, overrides: d
     return build
 
 
-def memories_for(method, tasks, preset, model, tag, seed) -> list[continual.Memory]:
-    """The method's memory of every domain, read from / written to the cache."""
+def class_tasks(name: str, data_dir, classes_per_stage: int) -> list[continual.Task]:
+    """``name``'s classes in label order, ``classes_per_stage`` per task (:func:`~jaxdd.continual.class_split_tasks`)."""
+    ds = data.load_dataset(name, data_dir)
+    num_classes = data.DATASETS[name].num_classes
+    if num_classes % classes_per_stage:
+        raise SystemExit(f"{name} has {num_classes} classes, not a multiple of --classes-per-stage {classes_per_stage}")
+    splits = [tuple(range(c, c + classes_per_stage)) for c in range(0, num_classes, classes_per_stage)]
+    return continual.class_split_tasks(ds.x_train, ds.y_train, ds.x_test, ds.y_test, splits)
+
+
+def seen_accuracy(task_accs: np.ndarray, test_sizes) -> np.ndarray:
+    """(S, K) accuracy on the union of the test sets of tasks 0..s after stage s.
+
+    The test-size-weighted mean of ``task_accs`` (S, S, K) over the seen tasks, which counts every
+    seen test image once (``CL_DM.py``'s measure; the unweighted mean where all tasks have as many
+    test images, as CIFAR-10's 2-class tasks).
+    """
+    seen = np.tril(np.ones((len(test_sizes),) * 2)) * np.asarray(test_sizes, float)
+    return np.einsum("st,stk->sk", seen, np.nan_to_num(task_accs)) / seen.sum(1)[:, None]
+
+
+def memories_for(method, tasks, datasets, preset, model, tag, seed) -> list[continual.Memory]:
+    """The method's memory of every task, read from / written to the cache; ``datasets``: the
+    registry name of each task's data (per-dataset method defaults)."""
     key = jax.random.fold_in(jax.random.key(seed), 0)  # as continual.build_memories
     out = []
-    for s, task in enumerate(tasks):
+    for s, (task, dataset) in enumerate(zip(tasks, datasets)):
         path = CACHE / f"{tag}_{method}_stage{s}.npz"
         if path.is_file():
             with np.load(path) as f:
                 out.append(continual.Memory(jnp.asarray(f["images"]), jnp.asarray(f["labels"])))
             continue
         started = time.perf_counter()
-        build = registry_builder(method, preset["method_preset"], model, task.name, preset["overrides"].get(method, {}))
+        build = registry_builder(method, preset["method_preset"], model, dataset, preset["overrides"].get(method, {}))
         memory = continual.build_task_memory(jax.random.fold_in(key, s), build, task, preset["ipc"])
         CACHE.mkdir(parents=True, exist_ok=True)
         np.savez(path.with_suffix(".tmp.npz"), images=np.asarray(memory.images), labels=np.asarray(memory.labels),
@@ -113,13 +162,13 @@ def memories_for(method, tasks, preset, model, tag, seed) -> list[continual.Memo
     return out
 
 
-def plot(runs: list[dict], sequence: list[str], path: Path) -> None:
+def plot(runs: list[dict], sequence: list[str], ylabel: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(sequence)), 4))
     stages = np.arange(1, len(sequence) + 1)
     for i, method in enumerate(dict.fromkeys(r["method"] for r in runs)):
         for run in (r for r in runs if r["method"] == method):
@@ -127,7 +176,7 @@ def plot(runs: list[dict], sequence: list[str], path: Path) -> None:
             ax.errorbar(stages, acc.mean(1), acc.std(1), color=f"C{i}", ls="-" if run["kd"] else "--", marker="o",
                         capsize=3, label=f"{method} {'w/ KD' if run['kd'] else 'w/o KD'}")
     ax.set_xticks(stages, [f"T{s}\n{n}" for s, n in zip(stages, sequence)])
-    ax.set_ylabel("mean test accuracy on seen domains (%)")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -144,59 +193,86 @@ def table(runs: list[dict], sequence: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", default="domain", choices=("domain", "class"),
+                        help="domain: a sequence of datasets; class: one dataset's classes split into stages")
     parser.add_argument("--preset", default="smoke", choices=sorted(PRESETS))
-    parser.add_argument("--sequence", default="digits28,mnist,usps", help="comma-separated registry names")
+    parser.add_argument("--sequence", default=None,
+                        help="domain: comma-separated registry names (default digits28,mnist,usps); "
+                             "class: one registry name (default: the preset's)")
+    parser.add_argument("--classes-per-stage", type=int, default=None, help="class mode (default: the preset's)")
     parser.add_argument("--methods", default=None, help="comma-separated registered methods (default: the preset's)")
     parser.add_argument("--models", type=int, default=None)
+    parser.add_argument("--fresh-start", action="store_true",
+                        help="a fresh network at every stage (CL_DM.py) instead of training on the previous one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
-    args = parser.parse_args()
-    preset = PRESETS[args.preset]
-    names = args.sequence.split(",")
+    args = parser.parse_args(argv)
+    if args.mode == "domain":
+        preset = PRESETS[args.preset]
+        names = (args.sequence or "digits28,mnist,usps").split(",")
+        shape = data.DATASETS[names[0]].image_shape
+        tasks = [load_domain(n, shape, args.data_dir, preset["train_size"], preset["test_size"]) for n in names]
+        datasets, sequence = names, [n.replace("digits28", "digits") for n in names]
+        tag = f"{args.preset}_{'-'.join(names)}_ipc{preset['ipc']}_seed{args.seed}"
+        ylabel, title = "mean test accuracy on seen domains (%)", " -> ".join(sequence)
+        measure = "Mean over the domains seen after each stage of the test accuracy (%) on each domain"
+    else:
+        if args.preset not in CLASS_PRESETS:
+            parser.error(f"--mode class has presets {', '.join(CLASS_PRESETS)}")
+        preset = CLASS_PRESETS[args.preset]
+        dataset = args.sequence or preset["dataset"]
+        if dataset not in data.DATASETS:
+            parser.error(f"--mode class takes one registered dataset, got {dataset!r}")
+        per_stage = args.classes_per_stage or preset["classes_per_stage"]
+        shape = data.DATASETS[dataset].image_shape
+        tasks = class_tasks(dataset, args.data_dir, per_stage)
+        datasets, sequence = [dataset] * len(tasks), [t.name for t in tasks]
+        tag = f"class_{args.preset}_{dataset}_{len(tasks)}x{per_stage}_ipc{preset['ipc']}_seed{args.seed}"
+        ylabel, title = "test accuracy on seen classes (%)", f"{dataset}, {len(tasks)} stages of {per_stage} classes"
+        measure = "Test accuracy (%) on the test images of all classes seen after each stage (one head over all classes)"
+    tag += "_fresh" if args.fresh_start else ""
     methods = args.methods.split(",") if args.methods else list(preset["methods"])
     num_models = args.models or preset["models"]
-    shape = data.DATASETS[names[0]].image_shape
-    tasks = [load_domain(n, shape, args.data_dir, preset["train_size"], preset["test_size"]) for n in names]
     model = models.get_model("ConvNet", shape, 10, width=preset["width"])
     protocol = evaluate.get_protocol("dc", epochs=preset["epochs"])
-    sequence = [n.replace("digits28", "digits") for n in names]
-    tag = f"{args.preset}_{'-'.join(names)}_ipc{preset['ipc']}_seed{args.seed}"
+    test_sizes = [int(t.x_test.shape[0]) for t in tasks]
     runs = []
     for method in methods:
-        memories = memories_for(method, tasks, preset, model, tag, args.seed)
+        memories = memories_for(method, tasks, datasets, preset, model, tag, args.seed)
         for kd in (False, True):
             path = CACHE / f"{tag}_{method}_kd{int(kd)}_m{num_models}.json"
             if path.is_file():
                 runs.append(json.loads(path.read_text()))
                 continue
             started = time.perf_counter()
-            config = continual.ContinualConfig(num_models=num_models, kd=kd, **KD)
+            config = continual.ContinualConfig(num_models=num_models, kd=kd, warm_start=not args.fresh_start, **KD)
             result = continual.train_sequence(jax.random.key(args.seed), model, tasks, memories, protocol, config)
-            run = {"method": method, "kd": kd, "stage_accs": result.stage_accs.tolist(),
+            stage_accs = result.stage_accs if args.mode == "domain" else seen_accuracy(result.task_accs, test_sizes)
+            run = {"method": method, "kd": kd, "stage_accs": stage_accs.tolist(),
                    "task_accs": np.where(np.isnan(result.task_accs), None, result.task_accs).tolist(),
                    "seconds": round(time.perf_counter() - started, 1)}
             path.write_text(json.dumps(run) + "\n")
             runs.append(run)
-            final = 100 * result.stage_accs[-1]
+            final = 100 * stage_accs[-1]
             print(f"{method} kd={kd}: final {final.mean():.1f} +- {final.std():.1f} % ({run['seconds']} s)", flush=True)
-    name = "continual" if args.preset == "cpu" and names == ["digits28", "mnist", "usps"] else f"continual_{tag}"
-    summary = {"sequence": sequence, "ipc": preset["ipc"],
+    default = args.mode == "domain" and args.preset == "cpu" and names == ["digits28", "mnist", "usps"]
+    name = "continual" if default and not args.fresh_start else f"continual_{tag}"
+    summary = {"mode": args.mode, "sequence": sequence, "ipc": preset["ipc"], "measure": measure,
                "runs": [{"method": r["method"], "kd": r["kd"], "stage_accs": r["stage_accs"]} for r in runs]}
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     write_json(f"{name}_full", {
-        **summary,
+        **summary, "test_sizes": test_sizes,
         "task_accs": {f"{r['method']}_kd{int(r['kd'])}": r["task_accs"] for r in runs},
         "protocol": protocol, "network": {"arch": "ConvNet", "width": preset["width"]},
-        "continual": {**KD, "num_models": num_models, "warm_start": True},
+        "continual": {**KD, "num_models": num_models, "warm_start": not args.fresh_start},
         "preset": args.preset, "method_overrides": preset["overrides"], "seed": args.seed,
     })
-    text = (f"# Continual learning ({' -> '.join(sequence)}, {preset['ipc']} img/cls, preset {args.preset})\n\n"
-            f"Mean test accuracy (%) on all domains seen after each stage, mean +- std over {num_models} "
-            f"models.\n\n{table(runs, sequence)}\n\n`{command_line()}`\n")
+    text = (f"# Continual learning ({title}, {preset['ipc']} img/cls, preset {args.preset})\n\n"
+            f"{measure}, mean +- std over {num_models} models.\n\n{table(runs, sequence)}\n\n`{command_line()}`\n")
     (RESULTS / f"{name}.md").write_text(text)
-    plot(runs, sequence, RESULTS / f"{name}.png")
+    plot(runs, sequence, ylabel, RESULTS / f"{name}.png")
     print(text)
 
 

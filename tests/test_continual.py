@@ -1,5 +1,7 @@
 """Continual learning: the distillation loss by hand, and the stage loop against direct training."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,3 +94,36 @@ def test_class_split_tasks_and_memories_keep_global_labels(digit_tasks):
         for x, y in zip(np.asarray(memory.images).reshape(len(memory.images), -1), np.asarray(memory.labels)):
             match = np.flatnonzero((flat == x).all(axis=1))
             assert match.size and int(task.y_train[match[0]]) == y
+
+
+def test_class_incremental_experiment_on_digits(tmp_path, monkeypatch):
+    from experiments import common, dc_continual
+
+    for module in (common, dc_continual):
+        monkeypatch.setattr(module, "RESULTS", tmp_path)
+    monkeypatch.setattr(dc_continual, "CACHE", tmp_path / "cache")
+    # Two stages of five classes: the path of CIFAR-10's 5 x 2 with half the compilations.
+    dc_continual.main(["--mode", "class", "--preset", "smoke", "--classes-per-stage", "5", "--methods", "random",
+                       "--fresh-start"])
+    tag = "class_smoke_digits_2x5_ipc2_seed0_fresh"
+    summary = json.loads((tmp_path / f"continual_{tag}.json").read_text())
+    assert summary["mode"] == "class" and summary["sequence"] == ["classes 0,1,2,3,4", "classes 5,6,7,8,9"]
+    assert [(r["method"], r["kd"]) for r in summary["runs"]] == [("random", False), ("random", True)]
+    for run in summary["runs"]:
+        acc = np.asarray(run["stage_accs"])
+        assert acc.shape == (2, 2) and (acc >= 0).all() and (acc <= 1).all()
+    assert "| random | yes |" in (tmp_path / f"continual_{tag}.md").read_text()
+    assert (tmp_path / f"continual_{tag}.png").is_file() and (tmp_path / f"continual_{tag}_full.json").is_file()
+
+    memories = [np.load(tmp_path / "cache" / f"{tag}_random_stage{s}.npz") for s in range(2)]
+    for s, memory in enumerate(memories):  # each stage's memory holds only its own classes
+        np.testing.assert_array_equal(np.sort(memory["labels"]), np.repeat(np.arange(5 * s, 5 * s + 5), 2))
+    # Fresh start without KD: the last stage trains on both memories (stage 1's included) and
+    # reports the accuracy on the test images of all seen classes, here the whole test split.
+    preset = dc_continual.CLASS_PRESETS["smoke"]
+    ds = load_dataset("digits")
+    direct = evaluate_synset(
+        stage_key(jax.random.key(0), 1), get_model("ConvNet", (8, 8, 1), 10, width=preset["width"]),
+        jnp.concatenate([m["images"] for m in memories]), jnp.concatenate([m["labels"] for m in memories]),
+        ds.x_test, ds.y_test, get_protocol("dc", epochs=preset["epochs"]), num_models=preset["models"])
+    np.testing.assert_allclose(summary["runs"][0]["stage_accs"][-1], direct.accs, atol=1e-6)
