@@ -2,13 +2,17 @@
 
     python -m benchmarks.run                      # the headline: these benches (sizes by backend)
     python -m benchmarks.paper --sizes tiny       # seconds: a smoke test of the harness itself
-    python -m benchmarks.paper --only dc_ipc1 dm_ipc10 --sizes paper-cpu
+    python -m benchmarks.paper --only dc_ipc1 dm_ipc10 --sizes paper-cpu   # merged into today's file
 
 Benches (issue 14), MNIST-shaped inputs (28x28x1, 10 classes):
 
 - ``dc_ipc1``, ``dc_ipc10``, ``dc_ipc50``: one DC outer iteration (a fresh ConvNet-128, the
   reference's ``outer_loop`` matching steps with a real batch of 256 per class and its inner
   training loops); PyTorch matches one class at a time, as the reference's ``main.py`` does;
+- ``dsa_ipc1``: one DSA outer iteration, 1 img/cls, the same sizes as ``dc_ipc1`` with the
+  reference's MNIST strategy 'color_crop_cutout_scale_rotate' (no flip): per class one transform
+  shared by the real and the synthetic batch (Siamese); PyTorch follows the reference's
+  ``DiffAugment`` (:func:`benchmarks.torch_ref.dsa_augment`);
 - ``dm_ipc10``: one DM iteration, 10 img/cls, real batch 256 per class, no augmentation;
 - ``dd``: one DD outer step, LeNet, 10 steps x 3 epochs unrolled, real batch 1024;
 - ``eval_ipc1``, ``eval_ipc10``: 10 fresh ConvNet-128 trained on 10 or 100 images for 300
@@ -26,8 +30,10 @@ random normal images unless ``--data`` names an ``.npz`` with ``x_train, y_train
 layout; a GPU host without tensorflow-datasets): timing does not depend on the pixel values.
 
 Writes ``benchmarks/results/paper-sizes-<machine>-<date>.json`` (``{"benches": {name:
-{"jax_median_s", "torch_median_s", "jax_peak_rss_bytes", "torch_peak_rss_bytes", ...}}}``)
-and the same stem ``.md``.
+{"jax_median_s", "torch_median_s", "jax_peak_rss_bytes", "torch_peak_rss_bytes", "command",
+...}}}``) and the same stem ``.md``. A run with ``--only`` merges into that day's file when it
+holds the same size set and inputs: the other benches stay, each with the command that measured
+it (:func:`start_record`); a full run starts the file afresh.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-NAMES = ("dc_ipc1", "dc_ipc10", "dc_ipc50", "dm_ipc10", "dd", "eval_ipc1", "eval_ipc10")
+NAMES = ("dc_ipc1", "dc_ipc10", "dc_ipc50", "dsa_ipc1", "dm_ipc10", "dd", "eval_ipc1", "eval_ipc10")
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
 
@@ -56,6 +62,7 @@ _PAPER = {
     "dc_ipc1": {"ipc": 1, "batch_real": 256},
     "dc_ipc10": {"ipc": 10, "batch_real": 256},
     "dc_ipc50": {"ipc": 50, "batch_real": 256},
+    "dsa_ipc1": {"ipc": 1, "batch_real": 256},
     "dm_ipc10": {"ipc": 10, "batch_real": 256},
     "dd": {"steps": 10, "epochs": 3, "real_batch": 1024},
     "eval_ipc1": {"ipc": 1, "models": 10, "epochs": 300, "test_images": 10000},
@@ -79,6 +86,7 @@ SIZES: dict[str, dict] = {
         "dc_ipc1": {"ipc": 1, "batch_real": 4},
         "dc_ipc10": {"ipc": 10, "batch_real": 4, "outer_loop": 2, "inner_loop": 1},
         "dc_ipc50": {"ipc": 2, "batch_real": 4, "outer_loop": 2, "inner_loop": 1, "warmup": 0},
+        "dsa_ipc1": {"ipc": 1, "batch_real": 4},
         "dm_ipc10": {"ipc": 10, "batch_real": 4},
         "dd": {"steps": 2, "epochs": 1, "real_batch": 16},
         "eval_ipc1": {"ipc": 1, "models": 2, "epochs": 2, "test_images": 20},
@@ -99,6 +107,13 @@ def bench_sizes(sizes: str, name: str) -> dict:
     """One bench's sizes with the set's width, repeats and warm-up filled in."""
     table = SIZES[sizes]
     return {"width": table["width"], "repeats": table["repeats"], "warmup": table["warmup"], **table[name]}
+
+
+def bench_strategy(name: str) -> str:
+    """DSA strategy of bench ``name``: the reference's MNIST one for ``dsa_*``, '' (no augmentation) else."""
+    from jaxdd.augment import dsa_strategy
+
+    return dsa_strategy("mnist") if name.startswith("dsa") else ""
 
 
 def load_data(sizes: str, data: Optional[str], per_class: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -162,11 +177,13 @@ def jax_side(name: str, sizes: dict, x: np.ndarray, y: np.ndarray) -> tuple[Call
     else:
         fields = {k: v for k, v in sizes.items() if k in ("ipc", "batch_real", "outer_loop", "inner_loop")}
         shapes = ((NUM_CLASSES, sizes["ipc"]) + IMAGE_SHAPE, (NUM_CLASSES, sizes["batch_real"]) + IMAGE_SHAPE)
-        if name.startswith("dc"):
-            config = dc.DCConfig(num_classes=NUM_CLASSES, init="noise", **fields)
+        if name.startswith(("dc", "dsa")):
+            config = dc.DCConfig(num_classes=NUM_CLASSES, init="noise", dsa_strategy=bench_strategy(name), **fields)
             method = dc.build(convnet, jnp.asarray(x), jnp.asarray(y), config)
             outer, inner = config.loops
             extra = {"outer_loop": outer, "inner_loop": inner, "class_chunk": dc.class_chunk(convnet, *shapes, config)}
+            if config.dsa_strategy:
+                extra["dsa_strategy"] = config.dsa_strategy
         else:
             config = dm.DMConfig(num_classes=NUM_CLASSES, init="noise", dsa_strategy="", **fields)
             method = dm.build(convnet, jnp.asarray(x), jnp.asarray(y), config)
@@ -198,10 +215,10 @@ def torch_side(name: str, sizes: dict, x: np.ndarray, y: np.ndarray) -> tuple[Ca
     elif name == "dd":
         run = torch_ref.dd_iteration(x, y, NUM_CLASSES, steps=sizes["steps"], epochs=sizes["epochs"],
                                      real_batch=sizes["real_batch"], arch="lenet")
-    elif name.startswith("dc"):
+    elif name.startswith(("dc", "dsa")):
         outer, inner = dc_loops(sizes["ipc"], sizes.get("outer_loop"), sizes.get("inner_loop"))
         run = torch_ref.dc_iteration(x, y, NUM_CLASSES, sizes["ipc"], outer_loop=outer, inner_loop=inner,
-                                     batch_real=sizes["batch_real"], width=width)
+                                     batch_real=sizes["batch_real"], width=width, dsa_strategy=bench_strategy(name))
     else:
         run = torch_ref.dm_iteration(x, y, NUM_CLASSES, sizes["ipc"], batch_real=sizes["batch_real"], width=width)
     import torch
@@ -291,18 +308,25 @@ def _gib(value: Optional[float]) -> str:
 def _sizes_text(sizes: dict, jax_result: dict) -> str:
     skip = ("width", "repeats", "warmup")
     text = ", ".join(f"{k} {v}" for k, v in sizes.items() if k not in skip)
-    for key in ("outer_loop", "inner_loop", "class_chunk"):
+    for key in ("outer_loop", "inner_loop", "class_chunk", "dsa_strategy"):
         if key in jax_result and key not in sizes:
             text += f", {key} {jax_result[key]}"
     return text
 
 
+def _commands_text(benches: dict) -> str:
+    by_command: dict[str, list] = {}
+    for name, bench in benches.items():
+        by_command.setdefault(bench["command"], []).append(name)
+    return "; ".join(f"`{command}` ({', '.join(names)})" for command, names in by_command.items())
+
+
 def markdown(record: dict) -> str:
     info, benches = record["session"], record["benches"]
     lines = [f"# Paper-size benchmarks: {info['machine']}, {info['date']} (sizes '{record['sizes']}')", "",
-             f"`{record['command']}`; {info['cpu_count']} CPUs, devices {', '.join(info['devices'])}; "
+             f"{_commands_text(benches)}; {info['cpu_count']} CPUs, devices {', '.join(info['devices'])}; "
              f"jax {info['versions'].get('jax')}, torch {info['versions'].get('torch')}; "
-             f"load average at the start {info['load_average']}.", "",
+             f"load average at the start of the last run {info['load_average']}.", "",
              "Each side ran in its own process, one after the other (peak RSS = `ru_maxrss` of that process, "
              "imports included). Ratio = PyTorch median / JAX median (> 1: jaxdd faster); memory ratio = JAX "
              "peak RSS / PyTorch peak RSS. ConvNet width "
@@ -325,7 +349,7 @@ def markdown(record: dict) -> str:
                      f"{_gib(b['torch_peak_rss_bytes'])} | {mem} | "
                      f"{'-' if compile_s is None else f'{compile_s:.1f}'} | {frac} |")
     if info.get("peak"):
-        lines += ["", f"Matmul peak: a measured {info['peak']['size']}^2 float32 matmul, "
+        lines += ["", f"Matmul peak (the last run): a measured {info['peak']['size']}^2 float32 matmul, "
                   f"{info['peak']['flops_per_s'] / 1e9:.1f} GFLOP/s; FLOPs = matmuls and convolutions of the JAX "
                   "program (the same arithmetic on both sides)."]
     lines += ["", f"Size set '{record['sizes']}': {record['sizes_note']}"]
@@ -360,6 +384,27 @@ def session(sizes: str, measure_peak: bool) -> dict:
             "devices": [str(d) for d in jax.devices()], "versions": {**versions(), "torch": torch_version},
             "peak": matmul_peak(8192 if backend != "cpu" else 1024) if measure_peak else None,
             "load_average": list(os.getloadavg())}
+
+
+def start_record(path: Path, record: dict) -> dict:
+    """``record`` (no benches yet) carrying on the file at ``path``: its benches kept, its command before ours.
+
+    Only a file of the same size set and inputs is carried on; otherwise ``record`` is returned as
+    it is (and replaces the file). A kept bench without a command of its own (a file of an older
+    harness) gets the file's command.
+    """
+    if not path.exists():
+        return record
+    previous = json.loads(path.read_text())
+    if (previous.get("sizes"), previous.get("data")) != (record["sizes"], record["data"]):
+        return record
+    benches = {name: {"command": previous["command"], **bench} for name, bench in previous["benches"].items()}
+    return {**record, "command": f"{previous['command']}; then {record['command']}", "benches": benches}
+
+
+def _in_order(benches: dict) -> dict:
+    rank = {name: i for i, name in enumerate(NAMES)}
+    return dict(sorted(benches.items(), key=lambda kv: (rank.get(kv[0], len(NAMES)), kv[0])))
 
 
 def export_data(path: Path, data_dir: Optional[str] = None, per_class: int = 600) -> Path:
@@ -402,12 +447,15 @@ def main(argv: Optional[list] = None) -> int:
               "data": args.data or "random normal", "session": info, "benches": {}}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"paper-sizes-{info['machine']}-{info['date']}{'-tiny' if sizes == 'tiny' else ''}.json"
+    if args.only:
+        record = start_record(path, record)
     peak = info["peak"]["flops_per_s"] if info["peak"] else None
     for name in args.only or NAMES:  # the record is rewritten after every bench: a cut-off run keeps its part
         print(f"== {name}", flush=True)
         jax_result = run_side(name, "jax", sizes, args.data)
         torch_result = run_side(name, "torch", sizes, args.data)
-        record["benches"][name] = summarise(bench_sizes(sizes, name), jax_result, torch_result, peak)
+        bench = {"command": command, **summarise(bench_sizes(sizes, name), jax_result, torch_result, peak)}
+        record["benches"] = _in_order({**record["benches"], name: bench})
         path.write_text(json.dumps(record, indent=1) + "\n")
         path.with_suffix(".md").write_text(markdown(record))
     print(path.with_suffix(".md").read_text())

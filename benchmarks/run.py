@@ -2,6 +2,7 @@
 
     python -m benchmarks.run                             # the headline: the papers' sizes (benchmarks.paper)
     python -m benchmarks.run --sizes tiny                # seconds: the paper-size harness on tiny sizes
+    python -m benchmarks.run --only dc_ipc1 dsa_ipc1     # some paper-size benches (merged into today's file)
     nice -n 10 python -m benchmarks.run --quick          # smoke: minutes on 2 CPU cores, small batches
     python -m benchmarks.run --quick --only dc eval      # some smoke benchmarks (merged into today's file)
 

@@ -3,7 +3,8 @@
 Each builder takes NumPy arrays (NHWC, normalised) and returns a zero-argument callable that
 runs one unit of work (one outer iteration, or one whole evaluation) in the style of the
 reference code: Python loops over classes, models, epochs and minibatches, ``torch.autograd``
-for every gradient. The network is DC's ConvNet (3 x [conv3x3 -> instance norm -> ReLU ->
+for every gradient; DSA's augmentation follows the reference's ``DiffAugment``
+(:func:`dsa_augment`). The network is DC's ConvNet (3 x [conv3x3 -> instance norm -> ReLU ->
 avg-pool 2] -> linear; the first conv pads 3 on 28x28 inputs), the same as
 ``jaxdd.models.get_model('ConvNet', ...)``. PyTorch is a benchmark-only dependency
 (``pip install -e '.[bench]'``).
@@ -11,14 +12,17 @@ avg-pool 2] -> linear; the first conv pads 3 on 28x28 inputs), the same as
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
+
+from jaxdd.augment import DSAParams
 
 
 def device() -> torch.device:
@@ -74,14 +78,96 @@ def _layer_distance(gs, gr) -> torch.Tensor:
     return total
 
 
+def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)
+
+
+def dsa_augment(x: torch.Tensor, strategy: str, seed: Optional[int] = None,
+                params: DSAParams = DSAParams()) -> torch.Tensor:
+    """DSA's augmentation of an NCHW batch: the reference's ``DiffAugment`` with ``aug_mode='S'``.
+
+    One family of ``strategy`` (families joined by '_': color, crop, cutout, flip, scale, rotate)
+    is drawn for the whole call, then its parameters. With a ``seed`` every draw reseeds PyTorch
+    (``seed``, ``seed + 1``, ...) and one draw serves the whole batch, so the same seed on the real
+    and the synthetic batch of a class applies the same transform to both (Siamese, the matching
+    steps); without one each image draws its own parameters (the inner training). The affine maps
+    are built with tensor operations on the batch's device, where the reference lists them in Python.
+    """
+    seeds = None if seed is None else itertools.count(seed)
+    n = x.shape[0] if seed is None else 1
+
+    def reseed() -> None:
+        if seeds is not None:
+            torch.manual_seed(next(seeds))
+
+    def uniform() -> torch.Tensor:
+        reseed()
+        return torch.rand(n, 1, 1, 1, device=x.device)
+
+    def integers(low: int, high: int) -> torch.Tensor:
+        reseed()
+        return torch.randint(low, high, (n, 1, 1), device=x.device)
+
+    families = strategy.split("_")
+    reseed()
+    family = families[torch.randint(0, len(families), (1,)).item()]
+    height, width = x.shape[2], x.shape[3]
+    if family == "color":
+        x = x + (uniform() - 0.5) * params.brightness
+        mean = x.mean(dim=1, keepdim=True)
+        x = (x - mean) * (uniform() * params.saturation) + mean
+        mean = x.mean(dim=[1, 2, 3], keepdim=True)
+        x = (x - mean) * (uniform() + params.contrast) + mean
+    elif family == "crop":
+        shift_h, shift_w = int(height * params.crop + 0.5), int(width * params.crop + 0.5)
+        rows, cols = integers(-shift_h, shift_h + 1), integers(-shift_w, shift_w + 1)
+        grid_batch, grid_rows, grid_cols = torch.meshgrid(
+            torch.arange(x.shape[0], device=x.device), torch.arange(height, device=x.device),
+            torch.arange(width, device=x.device), indexing="ij")
+        grid_rows = torch.clamp(grid_rows + rows + 1, 0, height + 1)
+        grid_cols = torch.clamp(grid_cols + cols + 1, 0, width + 1)
+        padded = F.pad(x, [1, 1, 1, 1]).permute(0, 2, 3, 1).contiguous()
+        x = padded[grid_batch, grid_rows, grid_cols].permute(0, 3, 1, 2)
+    elif family == "cutout":
+        cut_h, cut_w = int(height * params.cutout + 0.5), int(width * params.cutout + 0.5)
+        rows, cols = integers(0, height + (1 - cut_h % 2)), integers(0, width + (1 - cut_w % 2))
+        grid_batch, grid_rows, grid_cols = torch.meshgrid(
+            torch.arange(x.shape[0], device=x.device), torch.arange(cut_h, device=x.device),
+            torch.arange(cut_w, device=x.device), indexing="ij")
+        grid_rows = torch.clamp(grid_rows + rows - cut_h // 2, 0, height - 1)
+        grid_cols = torch.clamp(grid_cols + cols - cut_w // 2, 0, width - 1)
+        mask = torch.ones(x.shape[0], height, width, dtype=x.dtype, device=x.device)
+        mask[grid_batch, grid_rows, grid_cols] = 0
+        x = x * mask.unsqueeze(1)
+    elif family == "flip":
+        x = torch.where(uniform() < params.flip, x.flip(3), x)
+    elif family == "scale":
+        sx = uniform().view(n) * (params.scale - 1.0 / params.scale) + 1.0 / params.scale
+        sy = uniform().view(n) * (params.scale - 1.0 / params.scale) + 1.0 / params.scale
+        zero = torch.zeros_like(sx)
+        x = _affine(x, torch.stack([torch.stack([sx, zero, zero], -1), torch.stack([zero, sy, zero], -1)], 1))
+    elif family == "rotate":
+        angle = (uniform().view(n) - 0.5) * 2 * params.rotate / 180 * math.pi
+        cos, sin, zero = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
+        x = _affine(x, torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1))
+    else:
+        raise ValueError(f"unknown DSA family {family!r} in {strategy!r}")
+    return x.contiguous()
+
+
 def dc_iteration(images: np.ndarray, labels: np.ndarray, num_classes: int, ipc: int, *, outer_loop: int,
                  inner_loop: int, batch_real: int, width: int = 128, lr_img: float = 0.1,
-                 momentum_img: float = 0.5, lr_net: float = 0.01, batch_train: int = 256) -> Callable[[], None]:
-    """One DC outer iteration (DC Algorithm 1, the reference's ``main.py``) per call.
+                 momentum_img: float = 0.5, lr_net: float = 0.01, batch_train: int = 256,
+                 dsa_strategy: str = "") -> Callable[[], None]:
+    """One DC (or DSA) outer iteration (DC Algorithm 1, the reference's ``main.py``) per call.
 
     A fresh ConvNet; ``outer_loop`` matching steps, each a Python loop over classes with
     ``autograd.grad(create_graph=True)`` on the synthetic batch, one SGD-momentum step on the
     images; between matching steps ``inner_loop`` epochs of plain SGD on the synthetic set.
+    With a ``dsa_strategy`` (DSA) each class's real and synthetic batches are augmented with one
+    seed (:func:`dsa_augment`, Siamese; the reference takes the seed from the clock, here from
+    NumPy's global state) and every inner minibatch with its own per-image draws.
     """
     x = to_nchw(images)
     by_class = _class_rows(np.asarray(labels), num_classes)
@@ -98,9 +184,12 @@ def dc_iteration(images: np.ndarray, labels: np.ndarray, num_classes: int, ipc: 
             loss = torch.zeros((), device=x.device)
             for c in range(num_classes):
                 real = x[np.random.permutation(by_class[c])[:batch_real]]
+                s = syn[c * ipc:(c + 1) * ipc]
+                if dsa_strategy:
+                    seed = int(np.random.randint(100000))
+                    real, s = dsa_augment(real, dsa_strategy, seed), dsa_augment(s, dsa_strategy, seed)
                 target = torch.full((real.shape[0],), c, dtype=torch.long, device=x.device)
                 g_real = [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(real), target), params)]
-                s = syn[c * ipc:(c + 1) * ipc]
                 s_target = torch.full((ipc,), c, dtype=torch.long, device=x.device)
                 g_syn = torch.autograd.grad(F.cross_entropy(net(s), s_target), params, create_graph=True)
                 loss = loss + _layer_distance(g_syn, g_real)
@@ -114,8 +203,9 @@ def dc_iteration(images: np.ndarray, labels: np.ndarray, num_classes: int, ipc: 
                 order = torch.randperm(len(data_syn), device=x.device)
                 for start in range(0, len(order), batch_train):
                     idx = order[start:start + batch_train]
+                    batch = dsa_augment(data_syn[idx], dsa_strategy) if dsa_strategy else data_syn[idx]
                     opt_net.zero_grad()
-                    F.cross_entropy(net(data_syn[idx]), syn_labels[idx]).backward()
+                    F.cross_entropy(net(batch), syn_labels[idx]).backward()
                     opt_net.step()
         synchronize()
 
@@ -233,5 +323,5 @@ def evaluation(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, 
     return run
 
 
-__all__ = ["convnet", "dc_iteration", "dd_iteration", "device", "dm_iteration", "evaluation", "lenet", "synchronize",
-           "to_nchw"]
+__all__ = ["convnet", "dc_iteration", "dd_iteration", "device", "dm_iteration", "dsa_augment", "evaluation", "lenet",
+           "synchronize", "to_nchw"]
