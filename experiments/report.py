@@ -537,6 +537,9 @@ def benchmark_markdown(bench_dir: Path, out_dir: Path) -> list[str]:
     records = sorted(((json.loads(p.read_text()), p) for p in files),
                      key=lambda rp: (rp[0]["session"]["date"], rp[1].name), reverse=True)
     for record, path in records:
+        if "sizes" in record:  # a benchmarks.paper file: its own table
+            lines += paper_sizes_markdown(record, path, out_dir)
+            continue
         info = record["session"]
         lines += [f"### {path.stem} ({info['mode']}; `{record['command']}`)", "",
                   f"Devices {', '.join(info['devices'])}; sizes, memory, FLOPs and per-repeat times in "
@@ -557,6 +560,21 @@ def benchmark_markdown(bench_dir: Path, out_dir: Path) -> list[str]:
     if others:
         lines += ["Other benchmark tables: " + ", ".join(_link(bench_dir / n, out_dir) for n in others), ""]
     return lines if files or others else []
+
+
+def paper_sizes_markdown(record: dict, path: Path, out_dir: Path) -> list[str]:
+    """The table of one ``benchmarks.paper`` file: medians, speed and memory ratios per bench."""
+    lines = [f"### {path.stem} (papers' sizes, size set '{record['sizes']}')", "",
+             f"Sizes, commands, compile times and per-repeat times in {_link(path.with_suffix('.md'), out_dir)}.", "",
+             "| bench | JAX (s/call) | PyTorch (s/call) | speed ratio (> 1: JAX faster) | JAX / PyTorch peak RSS |",
+             "|---|---|---|---|---|"]
+    for name, bench in record["benches"].items():
+        if not bench.get("ratio"):
+            lines.append(f"| {name} | {bench['jax'].get('error', '-')} | {bench['torch'].get('error', '-')} | - | - |")
+            continue
+        lines.append(f"| {name} | {bench['jax_median_s']:.3f} | {bench['torch_median_s']:.3f} | "
+                     f"{bench['ratio']:.2f}x | {bench['memory_ratio']:.2f}x |")
+    return lines + [""]
 
 
 def _speed(result: dict, seconds: Optional[float]) -> str:

@@ -25,6 +25,11 @@ def test_report_shows_paper_and_ours(tmp_path):
     (bench / "cpu-2core-2026-01-01.json").write_text(json.dumps({
         "command": "python -m benchmarks.run --quick", "repeats": 3, "benches": {"dc_ipc1": speed},
         "session": {"mode": "quick", "date": "2026-01-01", "devices": ["cpu:0"]}}))
+    paper_bench = {"jax": {}, "torch": {}, "jax_median_s": 4.0, "torch_median_s": 5.0, "ratio": 1.25,
+                   "memory_ratio": 3.0, "jax_peak_rss_bytes": 3 * 2**30, "torch_peak_rss_bytes": 2**30}
+    (bench / "paper-sizes-cpu-2core-2026-01-02.json").write_text(json.dumps({  # benchmarks.paper's shape
+        "command": "python -m benchmarks.paper", "sizes": "paper-cpu", "benches": {"dc_ipc10": paper_bench},
+        "session": {"date": "2026-01-02", "devices": ["cpu:0"]}}))
 
     text = report.generate(results, bench, tmp_path / "RESULTS.md", tmp_path / "plots")
 
@@ -38,5 +43,6 @@ def test_report_shows_paper_and_ours(tmp_path):
     assert "dataset not available offline" in text  # a known reason (SVHN)
     assert "mgdd_cpu.json" in text.split("## Files that could not be read")[1]
     assert "| dc_ipc1 | 0.500 s/step | 1.000 s/step | 2.00x | >= 1x | yes |" in text
+    assert "| dc_ipc10 | 4.000 | 5.000 | 1.25x | 3.00x |" in text
     assert (tmp_path / "plots" / "accuracy_vs_ipc_mnist.png").stat().st_size > 0
     assert (tmp_path / "plots" / "accuracy_vs_time.png").stat().st_size > 0
