@@ -85,7 +85,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdd.types import Array, Model, Params, PRNGKey
+from jaxdd.types import CALL_SITE_CONV, CONV_IMPLS, Array, Model, Params, PRNGKey
 
 INIT_SCHEMES = ("torch", "flax", "dd")
 
@@ -139,11 +139,13 @@ def _bias_init(scheme: str, fan_in: int) -> Callable:
 
 
 def conv_impl() -> str:
-    """'patches' on CPU, 'xla' elsewhere; ``$JAXDD_CONV`` ('xla' or 'patches') overrides."""
+    """The convolution traced now: ``$JAXDD_CONV`` ('xla' or 'patches') when set, else the one the
+    :meth:`~jaxdd.types.Model.with_conv` functions being traced ask for, else 'patches' on CPU
+    and 'xla' elsewhere."""
     chosen = os.environ.get("JAXDD_CONV", "auto")
     if chosen == "auto":
-        return "patches" if jax.default_backend() == "cpu" else "xla"
-    if chosen not in ("xla", "patches"):
+        return CALL_SITE_CONV.get() or ("patches" if jax.default_backend() == "cpu" else "xla")
+    if chosen not in CONV_IMPLS:
         raise ValueError(f"JAXDD_CONV must be auto, xla or patches (got {chosen!r})")
     return chosen
 

@@ -194,3 +194,29 @@ def test_smoke_dc_on_digits_beats_random_real(digits):
     ours = evaluate_synset(jax.random.key(3), model, distilled.images, distilled.labels, digits.x_test, digits.y_test, protocol, 6)
     base = evaluate_synset(jax.random.key(3), model, random_set.images, random_set.labels, digits.x_test, digits.y_test, protocol, 6)
     assert ours.mean > base.mean + 0.05, (ours.mean, base.mean)
+
+
+def test_dm_step_traces_its_own_convolution_with_the_same_result(monkeypatch):
+    """DM's step traces the convolution of dm.STEP_CONV on this backend (XLA's on CPU, measured
+    faster there) and computes what the backend's default convolution computes."""
+    from jaxdd.models import get_model
+
+    monkeypatch.delenv("JAXDD_CONV", raising=False)
+    model = get_model("ConvNet", (8, 8, 1), 3, width=4, depth=2)
+    key = jax.random.key(0)
+    images = jax.random.normal(key, (30, 8, 8, 1))
+    labels = jnp.arange(30, dtype=jnp.int32) % 3
+    method = dm.build(model, images, labels, dm.DMConfig(num_classes=3, ipc=2, batch_real=4, dsa_strategy=""))
+    state = method.init(key)
+
+    def fresh_step():  # a new function each time: jit traces it again, under the environment of now
+        return jax.jit(lambda s, r, k: method.step(s, r, k))
+
+    lowered = fresh_step().lower(state, method.real_data, key).as_text()
+    expected = dm.STEP_CONV.get(jax.default_backend(), "xla" if jax.default_backend() != "cpu" else "patches")
+    assert ("convolution" in lowered) == (expected == "xla")
+    stepped, _ = fresh_step()(state, method.real_data, key)
+    monkeypatch.setenv("JAXDD_CONV", "patches")
+    assert "convolution" not in fresh_step().lower(state, method.real_data, key).as_text()
+    by_patches, _ = fresh_step()(state, method.real_data, key)
+    np.testing.assert_allclose(stepped.images, by_patches.images, rtol=1e-4, atol=1e-5)

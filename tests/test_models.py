@@ -428,3 +428,26 @@ def test_patch_conv_equals_xla_conv_with_gradients(kernel, stride, padding, size
         g_ours = jax.grad(lambda x, k: jnp.sum(jnp.sin(ours(x, k))), argnum)(x, k)
         g_xla = jax.grad(lambda x, k: jnp.sum(jnp.sin(xla(x, k))), argnum)(x, k)
         np.testing.assert_allclose(g_ours, g_xla, rtol=1e-4, atol=1e-4)
+
+
+def test_with_conv_chooses_the_convolution_per_call_site(monkeypatch):
+    """A with_conv model traces XLA's convolution or the patch matmul as asked, whatever the
+    backend's default, with the same values; $JAXDD_CONV still overrides every call site."""
+    monkeypatch.delenv("JAXDD_CONV", raising=False)
+    model = get_model("ConvNet", (8, 8, 1), 10, width=4, depth=2)
+    params = model.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
+
+    def convolutions(m):
+        text = jax.jit(jax.grad(lambda p: m.apply(p, x).sum())).lower(params).as_text()
+        return text.count("convolution")
+
+    as_xla, as_patches = model.with_conv("xla"), model.with_conv("patches")
+    assert convolutions(as_xla) > 0 and convolutions(as_patches) == 0
+    np.testing.assert_allclose(as_xla.apply(params, x), as_patches.apply(params, x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(as_xla.embed(params, x), model.embed(params, x), rtol=1e-4, atol=1e-5)
+    assert model.with_conv(None) is model
+    monkeypatch.setenv("JAXDD_CONV", "patches")
+    assert convolutions(as_xla) == 0
+    with pytest.raises(ValueError, match="convolution must be one of"):
+        model.with_conv("cudnn")

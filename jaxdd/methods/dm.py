@@ -28,6 +28,14 @@ from jaxdd.sharding import DATA, MODEL, chunk_for, constrain, map_rows, traced_b
 from jaxdd.types import Array, Model, Params, PRNGKey
 
 
+STEP_CONV = {"cpu": "xla"}
+"""The convolution DM's step traces, by backend (others: the backend's default; :meth:`Model.with_conv`).
+On CPU XLA's own convolution takes 0.81x the time of the patch matmul at the paper's sizes (MNIST,
+ConvNet-128, 10 img/cls, batch 256, one class at a time: 3.71 s against 4.59 s,
+``benchmarks/results/conv_sites-cpu-2core-2026-12-02.md``): DM takes no weight gradient, the
+case XLA:CPU is slow at inside loops."""
+
+
 class DMConfig(NamedTuple):
     """Hyper-parameters of DM (defaults: the reference's).
 
@@ -196,9 +204,10 @@ def build(model: Model, images: Array, labels: Array, config: DMConfig) -> Itera
         config = config._replace(batch_real=smallest)
     if config.dsa_strategy == "none":
         config = config._replace(dsa_strategy="")
+    step_model = model.with_conv(STEP_CONV.get(jax.default_backend()))
     return IterativeMethod(
         init=lambda key: dm_init(key, real, config),
-        step=lambda state, real_data, key: dm_step(model, config, state, real_data, key),
+        step=lambda state, real_data, key: dm_step(step_model, config, state, real_data, key),
         to_synset=to_synset,
         real_data=real,
         num_steps=config.iterations,
