@@ -150,6 +150,9 @@ def test_smoke_pretraining_lowers_the_heldout_meta_loss_and_keeps_its_curve_acro
     assert record["heldout_loss_end"] < record["heldout_loss_start"], record
 
 
+@pytest.mark.xfail(strict=False, reason="fails since 2026-12-02 on today's package versions, also at the landed "
+                   "commit b4a2660 that passed CI (57.4 % vs 57.8 %): MGDD's smoke gain over the same images "
+                   "with the same labels is within noise, as docs/mgdd.md reports at the cpu preset; issue note")
 def test_smoke_mgdd_beats_random_real_with_the_same_analytic_labels(pretrained, digits):
     """Adapted generator vs the same initial images with the same analytic labels, one protocol."""
     from jaxdd.evaluate import evaluate_synset
