@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -85,8 +86,6 @@ def main(argv=None) -> int:
     parser.add_argument("--class-chunk", type=int, default=None, help="default: from the memory budget")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    import os
-
     import jax
     import psutil
 
