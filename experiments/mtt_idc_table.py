@@ -87,7 +87,9 @@ def main() -> None:
     name = f"mtt_idc_{args.preset}"
     path = RESULTS / f"{name}.json"
     previous = json.loads(path.read_text()) if args.resume and path.exists() else {}
-    cells = {(c["dataset"], c["ipc"], c["method"]): c for c in previous.get("cells", [])}
+    # Each cell records the command that ran it (cells from before this field: the file's command).
+    cells = {(c["dataset"], c["ipc"], c["method"]): {"command": previous.get("command"), **c}
+             for c in previous.get("cells", [])}
     expert_runs = dict(previous.get("experts", {}))
     key = jax.random.key(args.seed)
 
@@ -156,6 +158,7 @@ def main() -> None:
                 "budget_s": preset["budget_s"] if steps is not None else None, "distill_time_s": round(distill_s, 1),
                 "eval_time_s": round(eval_s, 1), "num_images": int(synset.images.shape[0]), "arch": ARCH,
                 "finite": bool(jnp.all(jnp.isfinite(synset.images))), "load_average_1min": [load_before, os.getloadavg()[0]],
+                "command": command_line(),
             }
             if overrides:
                 plain = evaluate.evaluate_synset(jax.random.fold_in(cell_key, 2), model, synset.images, synset.labels,
@@ -168,6 +171,15 @@ def main() -> None:
     save()
 
 
+def commands_markdown(cells: list[dict]) -> list[str]:
+    """The commands that ran the cells (a ``--resume`` run adds the cells the file lacks), in order of first use."""
+    commands = list(dict.fromkeys(c["command"] for c in cells if c.get("command")))
+    if len(commands) == 1:
+        return [f"Command: `{commands[0]}`"]
+    return ["Commands (each `--resume` run added the cells the file lacked; every cell names its own in the JSON):", "",
+            *[f"- `{c}`" for c in commands]]
+
+
 def markdown(record: dict) -> str:
     """Rows dataset x img/cls, columns random / DC / MTT / IDC: accuracy, steps run and seconds."""
     preset = record["preset_config"]
@@ -175,7 +187,7 @@ def markdown(record: dict) -> str:
     rows = sorted({(c["dataset"], c["ipc"]) for c in record["cells"]})
     columns = [m for m in METHODS if any(c["method"] == m for c in record["cells"])]
     lines = [f"# MTT and IDC beside random real and DC, preset `{record['preset']}`", "",
-             f"Command: `{command_line()}`", "",
+             *commands_markdown(record["cells"]), "",
              f"Test accuracy in % (mean +- population std over {preset['models']} fresh ConvNet-16 networks, protocol "
              f"'dsa': SGD lr 0.01, momentum 0.9, wd 5e-4, batch 256, {preset['eval_epochs']} epochs, lr x0.1 after half, "
              "DSA augmentation (no flip on digits); MTT with its learned lr). Every distillation ran its `"
