@@ -159,9 +159,9 @@ def _cross_reason(row: str, column: str) -> Optional[str]:
 
 
 def _mgdd_reason(row: str, column: str) -> Optional[str]:
-    if column in ("idc", "mtt"):
-        return "method not implemented in jaxdd"
     dataset = row.split(" / ")[0]
+    if column in ("idc", "mtt"):
+        return _offline(dataset) or "not in experiments/mtt_idc_table.py's cpu cells (MNIST, Fashion-MNIST at 1, 10)"
     return _offline(dataset) or ("not in the cpu preset's pairs (MNIST <-> Fashion-MNIST)" if dataset == "cifar10"
                                  else None)
 
@@ -329,6 +329,23 @@ def load_mgdd(record: dict, source: str) -> Iterator[tuple[tuple, Ours]]:
             row, base, source, {"distill": row.get("seconds")}, detail=detail)
 
 
+def load_mtt_idc(record: dict, source: str) -> Iterator[tuple[tuple, Ours]]:
+    """``mtt_idc_<preset>.json``: the MTT and IDC cells, for the MGDD table's columns of those methods.
+
+    Its DC and DM cells (the same 90 s budget) stay out: the MGDD table's DC and DM columns come from
+    ``mgdd_<preset>.json``'s same-step runs.
+    """
+    for cell in record.get("cells", []):
+        if cell["method"] not in ("mtt", "idc"):
+            continue
+        arch = cell.get("arch", {})
+        detail = f"{arch.get('name', '')} width {arch.get('width', '')}; {cell.get('steps_run')} steps in a " \
+                 f"{cell.get('budget_s')} s budget; {cell.get('protocol', {}).get('epochs', '?')} eval epochs"
+        yield ("mgdd", cell["dataset"], int(cell["ipc"]), cell["method"]), _ours(
+            cell, {**record, "command": cell.get("command", record.get("command", "?"))}, source,
+            {"distill": cell.get("distill_time_s"), "eval": cell.get("eval_time_s")}, detail=detail)
+
+
 def paper_cell_key(cell: dict) -> tuple:
     """The paper-table key of a ``paper_cells.json`` cell: DD's Table 1 columns, else DC Table 1's."""
     if cell["method"] == "dd":
@@ -378,6 +395,7 @@ LOADERS: dict[str, Callable[[dict, str], Iterator[tuple[tuple, Ours]]]] = {
     r"dd_table_.*\.json": load_dd_table,
     r"dd_adaptation_.*\.json": load_dd_adaptation,
     r"mgdd_.*\.json": load_mgdd,
+    r"mtt_idc_.*\.json": load_mtt_idc,
 }
 """File-name pattern -> loader of (cell key, :class:`Ours`) pairs."""
 

@@ -31,6 +31,12 @@ def test_report_shows_paper_and_ours(tmp_path):
         "command": "python -m benchmarks.paper", "sizes": "paper-cpu", "benches": {"dc_ipc10": paper_bench},
         "session": {"date": "2026-01-02", "devices": ["cpu:0"]}}))
 
+    mtt_cell = {"dataset": "mnist", "ipc": 1, "method": "mtt", "mean": 0.475, "std": 0.058, "accs": [0.475] * 10,
+                "steps_run": 150, "budget_s": 90.0, "arch": {"name": "ConvNet", "width": 16},
+                "command": "python -m experiments.mtt_idc_table --preset cpu"}
+    (results / "mtt_idc_cpu.json").write_text(json.dumps({  # its DC cell stays out of the MGDD table
+        "preset": "cpu", "cells": [mtt_cell, {**mtt_cell, "method": "dc", "mean": 0.1}]}))
+
     text = report.generate(results, bench, tmp_path / "RESULTS.md", tmp_path / "plots")
 
     assert text == (tmp_path / "RESULTS.md").read_text()
@@ -42,6 +48,9 @@ def test_report_shows_paper_and_ours(tmp_path):
     assert "`python -m experiments.dc_table --preset cpu`" in text
     assert "dataset not available offline" in text  # a known reason (SVHN)
     assert "mgdd_cpu.json" in text.split("## Files that could not be read")[1]
+    mgdd_row = next(line for line in text.split("### MGDD comparison")[1].splitlines() if line.startswith("| mnist / 1 |"))
+    assert "**47.5 +- 5.8** (73.1)" in mgdd_row and "10.0" not in mgdd_row  # MTT beside the paper; not its DC
+    assert "150 steps in a 90.0 s budget" in text
     assert "| dc_ipc1 | 0.500 s/step | 1.000 s/step | 2.00x | >= 1x | yes |" in text
     assert "| dc_ipc10 | 4.000 | 5.000 | 1.25x | 3.00x |" in text
     assert (tmp_path / "plots" / "accuracy_vs_ipc_mnist.png").stat().st_size > 0
