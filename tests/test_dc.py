@@ -90,8 +90,8 @@ def test_vmapped_matching_equals_per_class_loop(strategy):
         keys = jax.random.split(key, 3)
         return sum(dc.class_match_distance(model, params, s[c], real[c], jnp.int32(c), keys[c], config) for c in range(3))
 
-    vmapped = jax.value_and_grad(lambda s: dc.match_loss(model, params, s, real, key, config))(syn)
-    looped = jax.value_and_grad(loop)(syn)
+    vmapped = jax.jit(jax.value_and_grad(lambda s: dc.match_loss(model, params, s, real, key, config)))(syn)
+    looped = jax.jit(jax.value_and_grad(loop))(syn)  # one program each: faster to compile than op by op
     np.testing.assert_allclose(float(vmapped[0]), float(looped[0]), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(vmapped[1]), np.asarray(looped[1]), rtol=1e-4, atol=1e-6)
     assert float(jnp.abs(vmapped[1]).sum()) > 0

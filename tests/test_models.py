@@ -36,17 +36,9 @@ def _xent(logits, labels):
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("arch", list(SMALL))
-def test_model_contract(arch, shape):
-    """Shapes, finiteness, jit == eager, vmap == separate calls, input gradient: one compile."""
-    model = get_model(arch, shape, 10, **SMALL[arch])
-    assert isinstance(model, Model)
-    keys = jax.random.split(jax.random.key(0))
-    x = _images(shape)
-    labels = jnp.array([3, 7])
+def _contract_program(model, labels):
+    """Two inits (mapped and vmapped), logits (mapped and vmapped), features and an input gradient."""
 
-    @jax.jit
     def run(keys, x):
         separate = jax.lax.map(model.init, keys)  # two unbatched init calls
         batched = jax.vmap(model.init)(keys)
@@ -56,10 +48,28 @@ def test_model_contract(arch, shape):
         grad = jax.grad(lambda x: _xent(model.apply(p0, x), labels))(x)
         return separate, batched, logits, vlogits, model.embed(p0, x), grad
 
-    separate, batched, logits, vlogits, feats, grad = run(keys, x)
-    f = FEATURES[arch][shape] if isinstance(FEATURES[arch], dict) else FEATURES[arch]
+    return run
+
+
+def _features(arch, shape):
+    return FEATURES[arch][shape] if isinstance(FEATURES[arch], dict) else FEATURES[arch]
+
+
+@pytest.mark.parametrize("arch", list(SMALL))
+def test_model_contract(arch):
+    """On 8x8x1 inputs: finiteness, jit == eager, vmap == separate calls, input gradient: one compile.
+
+    The numbers do not depend on the input size; the shapes do, and the next test traces the same
+    program on the MNIST and CIFAR shapes (compiling it there would triple the suite's longest file).
+    """
+    shape = SHAPES[0]
+    model = get_model(arch, shape, 10, **SMALL[arch])
+    assert isinstance(model, Model)
+    keys = jax.random.split(jax.random.key(0))
+    x = _images(shape)
+    separate, batched, logits, vlogits, feats, grad = jax.jit(_contract_program(model, jnp.array([3, 7])))(keys, x)
     assert logits.shape == (2, 2, 10) and logits.dtype == jnp.float32
-    assert feats.shape == (2, f) and grad.shape == x.shape
+    assert feats.shape == (2, _features(arch, shape)) and grad.shape == x.shape
     for a in (logits, feats, grad):
         assert bool(jnp.all(jnp.isfinite(a)))
     assert float(jnp.abs(grad).max()) > 0
@@ -70,6 +80,20 @@ def test_model_contract(arch, shape):
         params = jax.tree.map(lambda a: a[i], separate)
         _allclose(model.apply(params, x), logits[i], rtol=1e-4)
     _allclose(model.embed(jax.tree.map(lambda a: a[0], separate), x), feats, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("arch", list(SMALL))
+def test_model_contract_shapes(arch, shape):
+    """On MNIST and CIFAR shapes: the contract program traces, with the same shapes and dtypes."""
+    model = get_model(arch, shape, 10, **SMALL[arch])
+    keys = jax.random.split(jax.random.key(0))
+    x = jax.ShapeDtypeStruct((2,) + shape, jnp.float32)
+    separate, batched, logits, vlogits, feats, grad = jax.eval_shape(
+        _contract_program(model, jnp.array([3, 7])), keys, x)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), batched) == jax.tree.map(lambda a: (a.shape, a.dtype), separate)
+    assert logits.shape == vlogits.shape == (2, 2, 10) and logits.dtype == jnp.float32
+    assert feats.shape == (2, _features(arch, shape)) and grad.shape == x.shape
 
 
 def test_reference_feature_sizes_and_parameter_counts():
