@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -60,6 +61,7 @@ def main(argv=None) -> int:
         return jax.block_until_ready(jax.tree.map(lambda *a: jnp.concatenate(a), *out))
 
     rows = {}
+    load_before = round(os.getloadavg()[0], 2)
     for name, run in (("vmapped", vmapped), ("sequential_in_one_program", sequential), ("one_by_one", one_by_one)):
         params = jax.vmap(model.init)(keys)
         params = run(params, 0)  # compile + warm-up
@@ -82,11 +84,13 @@ def main(argv=None) -> int:
         "command": ("python -m benchmarks.mtt_experts " + " ".join(sys.argv[1:])).strip(),
         "machine": platform.platform(), "devices": [str(d) for d in jax.devices()],
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "load_average_1min": [load_before, round(os.getloadavg()[0], 2)],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "mtt_experts.json").write_text(json.dumps(result, indent=1))
     md = (f"Expert training, {args.experts} experts, {args.images} images 28x28x1, ConvNet width {args.width}, "
-          f"batch 256, DSA, {result['devices'][0]} (2 cores shared with other jobs: absolute rates are inflated)\n\n"
+          f"batch 256, DSA, {result['devices'][0]}, {os.cpu_count()} cores (1-minute load average "
+          f"{result['load_average_1min'][0]} at the start, {result['load_average_1min'][1]} at the end)\n\n"
           "| way | s per epoch (all experts) | experts x epochs per s |\n|---|---|---|\n"
           + "\n".join(f"| {k} | {v['seconds_per_epoch_all_experts']} | {v['expert_epochs_per_s']} |" for k, v in rows.items())
           + f"\n\nvmapped / one by one: {result['speedup_vmapped_over_one_by_one']}x\n\nCommand: `{result['command']}`\n")
