@@ -150,6 +150,10 @@ def test_smoke_pretraining_lowers_the_heldout_meta_loss_and_keeps_its_curve_acro
     assert record["heldout_loss_end"] < record["heldout_loss_start"], record
 
 
+# Its outcome gates nothing while it is a non-strict xfail, so it runs with the slow checks (-m slow)
+# and reports there. On 2026-12-02 it passed and failed with the same packages under different
+# compile flags: the margin is float rounding, as docs/mgdd.md finds MGDD's gain within noise.
+@pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason="fails since 2026-12-02 on today's package versions, also at the landed "
                    "commit b4a2660 that passed CI (57.4 % vs 57.8 %): MGDD's smoke gain over the same images "
                    "with the same labels is within noise, as docs/mgdd.md reports at the cpu preset; issue note")
