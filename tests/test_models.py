@@ -59,8 +59,8 @@ def _features(arch, shape):
 def test_model_contract(arch):
     """On 8x8x1 inputs: finiteness, jit == eager, vmap == separate calls, input gradient: one compile.
 
-    The numbers do not depend on the input size; the shapes do, and the next test traces the same
-    program on the MNIST and CIFAR shapes (compiling it there would triple the suite's longest file).
+    The agreements checked here do not depend on the input size; the shapes do, and the next test
+    traces the same program on the MNIST and CIFAR shapes (compiling it there tripled this file's time).
     """
     shape = SHAPES[0]
     model = get_model(arch, shape, 10, **SMALL[arch])
