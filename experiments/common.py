@@ -34,5 +34,24 @@ def write_json(name: str, record: dict) -> Path:
     return path
 
 
+def resumed_cells(previous: dict) -> dict[tuple, dict]:
+    """A result file's cells by (dataset, ipc, method), each naming the command that ran it.
+
+    Cells written before cells carried their command take the file's. A ``--resume`` run keeps
+    these and adds its own cells with ``"command": command_line()``.
+    """
+    return {(c["dataset"], c["ipc"], c["method"]): {"command": previous.get("command"), **c}
+            for c in previous.get("cells", [])}
+
+
+def commands_markdown(cells: list[dict]) -> list[str]:
+    """The commands that ran the cells, in order of first use: one line, or a list after resumed runs."""
+    commands = list(dict.fromkeys(c["command"] for c in cells if c.get("command")))
+    if len(commands) == 1:
+        return [f"Command: `{commands[0]}`"]
+    return ["Commands (each `--resume` run added the cells the file lacked; every cell names its own in the JSON):", "",
+            *[f"- `{c}`" for c in commands]]
+
+
 def pct(mean: float, std: float) -> str:
     return f"{100 * mean:.1f} +- {100 * std:.1f}"

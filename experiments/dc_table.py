@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import RESULTS, command_line, pct, write_json
+from experiments.common import RESULTS, command_line, commands_markdown, pct, resumed_cells, write_json
 from jaxdd import augment, coreset, data, distill, evaluate, models
 from jaxdd.methods import DistillRequest, IterativeMethod, get_method
 from jaxdd.methods.coresets import FEATURE_EPOCHS
@@ -104,7 +104,7 @@ def main() -> None:
     num_models = args.models or preset["models"]
     name = args.name or f"dc_table_{args.preset}"
     previous = load(RESULTS / f"{name}.json") if args.resume else {}
-    cells = {(c["dataset"], c["ipc"], c["method"]): c for c in previous.get("cells", [])}
+    cells = resumed_cells(previous)
     whole = dict(previous.get("whole_dataset", {}))
     key = jax.random.key(args.seed)
 
@@ -190,6 +190,7 @@ def main() -> None:
                     "paper": paper, "protocol": protocol, "config": config, "test_images": int(x_test.shape[0]),
                     "arch": {"name": "ConvNet", **preset["arch"]},
                     "distill_time_s": round(distill_time, 1), "eval_time_s": round(eval_time, 1),
+                    "command": command_line(),
                     "finite": bool(jnp.all(jnp.isfinite(synset.images))),
                 }
                 print(
@@ -209,7 +210,7 @@ def markdown(record: dict) -> str:
     lines = [
         f"# DC Table 1 at preset `{record['preset']}`",
         "",
-        f"Command: `{command_line()}`",
+        *commands_markdown(cells),
         "",
         f"Test accuracy in % (mean +- std over {record['models']} evaluation models; paper value in brackets).",
         "",

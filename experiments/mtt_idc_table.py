@@ -30,7 +30,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from experiments.common import RESULTS, command_line, pct, write_json
+from experiments.common import RESULTS, command_line, commands_markdown, pct, resumed_cells, write_json
 from jaxdd import data, distill, evaluate, models
 from jaxdd.methods import DistillRequest, IterativeMethod, get_method
 from jaxdd.methods import mtt
@@ -87,9 +87,7 @@ def main() -> None:
     name = f"mtt_idc_{args.preset}"
     path = RESULTS / f"{name}.json"
     previous = json.loads(path.read_text()) if args.resume and path.exists() else {}
-    # Each cell records the command that ran it (cells from before this field: the file's command).
-    cells = {(c["dataset"], c["ipc"], c["method"]): {"command": previous.get("command"), **c}
-             for c in previous.get("cells", [])}
+    cells = resumed_cells(previous)
     expert_runs = dict(previous.get("experts", {}))
     key = jax.random.key(args.seed)
 
@@ -169,15 +167,6 @@ def main() -> None:
                   f"distil {distill_s:.0f} s of budget {preset['budget_s']}, eval {eval_s:.0f} s, overrides {overrides})", flush=True)
             save()
     save()
-
-
-def commands_markdown(cells: list[dict]) -> list[str]:
-    """The commands that ran the cells (a ``--resume`` run adds the cells the file lacks), in order of first use."""
-    commands = list(dict.fromkeys(c["command"] for c in cells if c.get("command")))
-    if len(commands) == 1:
-        return [f"Command: `{commands[0]}`"]
-    return ["Commands (each `--resume` run added the cells the file lacked; every cell names its own in the JSON):", "",
-            *[f"- `{c}`" for c in commands]]
 
 
 def markdown(record: dict) -> str:

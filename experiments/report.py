@@ -245,7 +245,8 @@ def _ours(entry: dict, record: dict, source: str, wall: dict, *, percent: bool =
         extra["detail"] = f"std over {entry['sets']} sets; " + extra.get("detail", "")
     return Ours(mean=_percent(mean, percent), std=_percent(std, percent), models=models,
                 preset=record.get("preset"), seed=record.get("seed"), device=_devices(record),
-                wall={k: float(v) for k, v in wall.items() if v is not None}, command=record.get("command", "?"),
+                wall={k: float(v) for k, v in wall.items() if v is not None},
+                command=entry.get("command") or record.get("command", "?"),
                 source=source, **extra)
 
 
@@ -342,8 +343,8 @@ def load_mtt_idc(record: dict, source: str) -> Iterator[tuple[tuple, Ours]]:
         detail = f"{arch.get('name', '')} width {arch.get('width', '')}; {cell.get('steps_run')} steps in a " \
                  f"{cell.get('budget_s')} s budget; {cell.get('protocol', {}).get('epochs', '?')} eval epochs"
         yield ("mgdd", cell["dataset"], int(cell["ipc"]), cell["method"]), _ours(
-            cell, {**record, "command": cell.get("command", record.get("command", "?"))}, source,
-            {"distill": cell.get("distill_time_s"), "eval": cell.get("eval_time_s")}, detail=detail)
+            cell, record, source, {"distill": cell.get("distill_time_s"), "eval": cell.get("eval_time_s")},
+            detail=detail)
 
 
 def paper_cell_key(cell: dict) -> tuple:
@@ -359,7 +360,7 @@ def load_paper_cells(record: dict, source: str) -> Iterator[tuple[tuple, Ours]]:
         protocol = cell.get("protocol", {})
         detail = f"protocol `{record.get('preset')}`; eval '{protocol.get('name', '?')}', " \
                  f"{protocol.get('epochs', '?')} epochs; {cell.get('verdict', {}).get('rule', '')}"
-        yield paper_cell_key(cell), _ours(cell, {**record, "command": cell.get("command", "?")}, source,
+        yield paper_cell_key(cell), _ours(cell, record, source,
                                           {k: cell.get("wall_s", {}).get(k) for k in ("distill", "eval")},
                                           percent=True, detail=detail)
 
