@@ -12,13 +12,13 @@ exists but holds the wrong data is refused, never skipped):
 2. ``<root>/usps/usps.h5`` for USPS: ``train/data`` (7291, 256) float in [0, 1],
    ``train/target``; ``test/data`` (2007, 256), ``test/target``.
 3. ``<root>/<name>/`` holding the official files (MNIST, Fashion-MNIST idx ``.gz``): checked
-   against the published sha256 and prepared offline by tensorflow-datasets from that manual
-   directory into the cache ``$JAXDD_CACHE_DIR`` (default ``~/.cache/jaxdd``), under ``tfds/``.
-4. tensorflow-datasets: a dataset already prepared in that cache, else a download (needs a
-   network; skipped at once when the download host cannot be reached).
+   against the published sha256 and read directly (no TensorFlow; under a second).
+4. tensorflow-datasets: a dataset already prepared in the cache ``$JAXDD_CACHE_DIR`` (default
+   ``~/.cache/jaxdd``, under ``tfds/``), else a download (needs a network; skipped at once when
+   the download host cannot be reached).
 
-Arrays read through tensorflow-datasets (3 or 4) are kept decoded in ``<cache>/decoded/<name>.npz``
-once they pass the checks below, so later loads import no TensorFlow (about 1 s instead of 10+).
+Arrays read through tensorflow-datasets are kept decoded in ``<cache>/decoded/<name>.npz`` once
+they pass the checks below, so later loads import no TensorFlow (about 1 s instead of 10+).
 
 ``<root>`` is the ``data_dir`` argument, else ``$JAXDD_DATA_DIR``. ``digits`` (scikit-learn's
 8x8 handwritten digits) and ``digits28`` (the same resized to 28x28) are embedded and need no files. Every source is checked for image shape,
@@ -31,9 +31,9 @@ TensorFlow is imported lazily, only on the tensorflow-datasets path, and is hidd
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import os
-import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -404,11 +404,54 @@ def _check_official_files(name: str, folder: Path) -> None:
             continue
         owner = [other for other, sums in _OFFICIAL_SHA256.items() if digest in sums.values()]
         what = (f"it is the official {owner[0]} file" if owner
-                else "it is not the official file (tensorflow-datasets accepts only those)")
+                else "it is not the official file (only those are read)")
         raise DataError(
             f"{folder / fname}: sha256 {digest[:12]}... does not match the official {name} "
             f"file: {what}. Put the official {name} files in {folder}, or supply "
             f"{folder / (name + '.npz')} with x_train, y_train, x_test, y_test.")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """One gzipped idx file: 4 magic bytes (0, 0, type 0x08 = uint8, rank), rank big-endian
+    uint32 sizes, then the values in C order (LeCun's MNIST page)."""
+    raw = gzip.decompress(path.read_bytes())
+    if raw[:3] != b"\x00\x00\x08":
+        raise DataError(f"{path}: not an idx file of unsigned bytes (magic {raw[:4].hex()})")
+    rank = raw[3]
+    shape = tuple(int(n) for n in np.frombuffer(raw, ">u4", count=rank, offset=4))
+    values = np.frombuffer(raw, np.uint8, offset=4 + 4 * rank)
+    if values.size != int(np.prod(shape)):
+        raise DataError(f"{path}: header says {shape}, but it holds {values.size} values")
+    return values.reshape(shape)
+
+
+def _tfds_order(split: str, n: int) -> np.ndarray:
+    """The row order tensorflow-datasets gives examples ``0..n-1`` of ``split``: ascending
+    128-bit md5 of ``split + str(index)`` (its ``hashing.Hasher`` with the split as salt).
+
+    Reading the idx files in this order yields arrays equal to a tfds preparation's, so sets,
+    seeds and results keep the meaning they had when MNIST came through tfds."""
+    salted = hashlib.md5(split.encode())
+
+    def key(index: int) -> bytes:
+        h = salted.copy()
+        h.update(str(index).encode())
+        return h.digest()  # big-endian bytes sort as the 128-bit integers do
+
+    return np.asarray(sorted(range(n), key=key))
+
+
+def _read_idx_files(info: DatasetInfo, folder: Path):
+    """The four official idx files of MNIST or Fashion-MNIST, read directly (under 1 s) in
+    tensorflow-datasets' row order (``_tfds_order``)."""
+    out = []
+    for split, (images, labels) in (("train", _IDX_FILES[:2]), ("test", _IDX_FILES[2:])):
+        x, y = _read_idx(folder / images), _read_idx(folder / labels)
+        if len(x) != len(y):
+            raise DataError(f"{folder}: {split} has {len(x)} images and {len(y)} labels")
+        order = _tfds_order(split, len(x))
+        out += [_check_images(x[order, :, :, None], info, str(folder)), y[order]]
+    return tuple(out)
 
 
 def _import_tfds():
@@ -447,7 +490,7 @@ def _reachable(url: str, timeout: float = 5.0) -> bool:
     return True
 
 
-def _read_tfds(name: str, manual_dir: Optional[Path], tried: list[str]):
+def _read_tfds(name: str, tried: list[str]):
     """(raw arrays, origin) from tensorflow-datasets, or None after noting in ``tried`` why."""
     tfds_name, probe = _TFDS[name]
     info = DATASETS[name]
@@ -456,7 +499,7 @@ def _read_tfds(name: str, manual_dir: Optional[Path], tried: list[str]):
         return _read_npz(info, decoded), (f"{decoded} (decoded from tensorflow-datasets; delete "
                                           "it to read the tfds data again)")
     place = f"tensorflow-datasets '{tfds_name}' in {_tfds_dir()}"
-    if manual_dir is None and _tfds_prepared(tfds_name) is None and not _reachable(probe):
+    if _tfds_prepared(tfds_name) is None and not _reachable(probe):
         tried.append(f"{place}: not prepared, and no network to download it ({probe} "
                      "unreachable)")
         return None
@@ -467,33 +510,27 @@ def _read_tfds(name: str, manual_dir: Optional[Path], tried: list[str]):
         return None
     builder = tfds.builder(tfds_name, data_dir=str(_tfds_dir()))
     if not builder.is_prepared():
-        # One download folder per dataset: tfds extracts a manual file to
+        # One download folder per dataset: tfds extracts a file to
         # <download_dir>/extracted/GZIP.<file name>, and MNIST and Fashion-MNIST share file
         # names, so a shared folder would hand the second dataset the first one's images.
         download_dir = _tfds_dir() / "downloads" / name
-        config = tfds.download.DownloadConfig(manual_dir=None if manual_dir is None
-                                              else str(manual_dir))
         import contextlib
         import io
         import logging
         import time
 
-        how = f"from {manual_dir}" if manual_dir is not None else "by download"
         log = logging.getLogger(__name__)
-        log.info("preparing %s %s with tensorflow-datasets (once; later loads take about 1 s) ...",
-                 name, how)
+        log.info("downloading and preparing %s with tensorflow-datasets (once; later loads take "
+                 "about 1 s) ...", name)
         started = time.perf_counter()
         try:
             # tfds prints its own lines to stdout; jaxdd's stdout carries results only.
             with contextlib.redirect_stdout(io.StringIO()):
-                builder.download_and_prepare(download_dir=str(download_dir),
-                                             download_config=config)
+                builder.download_and_prepare(download_dir=str(download_dir))
         except Exception as e:  # tfds raises many kinds; name the failure, keep the cause.
-            tried.append(f"{place}: preparing {how} failed: {type(e).__name__}: {e}")
+            tried.append(f"{place}: download and preparation failed: {type(e).__name__}: {e}")
             return None
         log.info("prepared %s in %.0f s", name, time.perf_counter() - started)
-        if manual_dir is not None:  # only decompressed copies of the manual files
-            shutil.rmtree(download_dir, ignore_errors=True)
     out = []
     for split in ("train", "test"):
         d = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
@@ -579,11 +616,9 @@ def _read_raw(name: str, root: Optional[Path]):
             return _read_gray28(info, found[1]), f"{found[1]} (converted to {name})"
         else:
             _check_official_files(name, folder)
-            got = _read_tfds(name, folder, tried)
-            if got is not None:
-                return got
+            return _read_idx_files(info, folder), f"{folder} (official idx files)"
     if name in _TFDS:
-        got = _read_tfds(name, None, tried)
+        got = _read_tfds(name, tried)
         if got is not None:
             return got
     else:

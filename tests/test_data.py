@@ -1,5 +1,7 @@
 """Tests for jaxdd.data: registry, loading, confusion guards and ZCA."""
 
+import gzip
+import hashlib
 import os
 from pathlib import Path
 
@@ -183,6 +185,32 @@ def test_unofficial_idx_files_are_refused(tmp_path):
         load_dataset("mnist", data_dir=tmp_path)
 
 
+def write_idx(path: Path, values: np.ndarray, header: bytes | None = None) -> None:
+    head = header if header is not None else bytes([0, 0, 8, values.ndim])
+    dims = np.asarray(values.shape, ">u4").tobytes()
+    path.write_bytes(gzip.compress(head + dims + values.astype(np.uint8).tobytes()))
+
+
+def test_idx_reader_parses_header_and_refuses_bad_files(tmp_path):
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "ok.gz", images)
+    np.testing.assert_array_equal(data._read_idx(tmp_path / "ok.gz"), images)
+    write_idx(tmp_path / "float.gz", images, header=bytes([0, 0, 0x0D, 3]))
+    with pytest.raises(DataError, match="not an idx file of unsigned bytes"):
+        data._read_idx(tmp_path / "float.gz")
+    short = gzip.compress(bytes([0, 0, 8, 1]) + np.asarray([5], ">u4").tobytes() + b"abc")
+    (tmp_path / "short.gz").write_bytes(short)
+    with pytest.raises(DataError, match=r"header says \(5,\), but it holds 3 values"):
+        data._read_idx(tmp_path / "short.gz")
+
+
+def test_tfds_order_sorts_by_salted_md5():
+    order = data._tfds_order("train", 50)
+    digests = [hashlib.md5(f"train{i}".encode()).hexdigest() for i in order]
+    assert sorted(order.tolist()) == list(range(50)) and digests == sorted(digests)
+    assert not np.array_equal(order, data._tfds_order("test", 50))  # the split salts the hash
+
+
 def test_missing_data_message_names_dataset_and_places(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXDD_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(DataError) as err:
@@ -211,15 +239,22 @@ def test_missing_tfds_dataset_offline(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------- real data
 
 
+TFDS_FIRST_LABELS = {
+    "mnist": ([4, 1, 0, 7, 8, 1, 2, 7, 1, 6, 6, 4], [2, 0, 4, 8, 7, 6, 0, 6, 3, 1, 8, 0]),
+    "fashion_mnist": ([2, 1, 8, 4, 1, 9, 2, 2, 0, 2, 6, 9], [4, 4, 9, 7, 5, 1, 0, 5, 7, 4, 0, 8]),
+}
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
 
 @pytest.mark.data
 @pytest.mark.parametrize("name, mean", [("mnist", 0.1307), ("fashion_mnist", 0.2860)])
 def test_mnist_family_offline(name, mean):
-    pytest.importorskip("tensorflow_datasets")
     need(name, IDX[0])
     ds = load_dataset(name, data_dir=REAL_DATA)
+    # Row order as a tensorflow-datasets preparation of the same files gives it (compared
+    # array for array with tfds 4.9 when the direct reader replaced it): first labels per split.
+    np.testing.assert_array_equal(ds.y_train[:12], TFDS_FIRST_LABELS[name][0])
+    np.testing.assert_array_equal(ds.y_test[:12], TFDS_FIRST_LABELS[name][1])
     assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
     assert ds.y_train.dtype == jnp.int32
     counts = np.asarray(class_counts(ds.y_train, 10))
