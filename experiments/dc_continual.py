@@ -18,7 +18,9 @@ stage's network.
 
 ``--fresh-start`` trains a fresh network at every stage (as ``CL_DM.py``) instead of training the
 previous stage's network on (E2E's one network through the stages). Finished memories and runs are
-cached in ``experiments/results/continual_cache/`` so a restarted job skips them.
+cached in ``experiments/results/continual_cache/`` so a restarted job skips them; ``--resume``
+keeps the results file's runs of the methods not named in ``--methods``, so a method can join a
+finished table (each run records its command).
 
     python -m experiments.dc_continual --preset smoke --data-dir /work/shared/data
     python -m experiments.dc_continual --preset cpu --data-dir /work/shared/data
@@ -41,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import RESULTS, command_line, write_json
+from experiments.common import RESULTS, command_line, commands_markdown, write_json
 from jaxdd import continual, data, distill, evaluate, models
 from jaxdd.methods import DistillRequest, IterativeMethod, get_method, resolve_config
 from jaxdd.types import SynSet
@@ -162,6 +164,24 @@ def memories_for(method, tasks, datasets, preset, model, tag, seed) -> list[cont
     return out
 
 
+def resumed_runs(path: Path, args, num_models: int, methods: list[str]) -> list[dict]:
+    """The runs of ``path`` (a ``_full`` results file) of methods not in ``methods``, each with the
+    command that ran it; refused (exit 2) when that file was made with another preset, seed or
+    number of models. Every method's memory and networks depend only on the seed, so a run kept
+    is the one a single invocation with all methods would have produced."""
+    if not path.is_file():
+        return []
+    previous = json.loads(path.read_text())
+    made = (previous.get("preset"), previous.get("seed"), previous.get("continual", {}).get("num_models"))
+    if made != (args.preset, args.seed, num_models):
+        raise SystemExit(f"--resume: {path} was made with preset, seed, models = {made}, not "
+                         f"{(args.preset, args.seed, num_models)}; run without --resume to replace it")
+    commands = previous.get("run_commands", {})
+    return [{**run, "command": commands.get(f"{run['method']}_kd{int(run['kd'])}", previous["command"]),
+             "task_accs": previous["task_accs"][f"{run['method']}_kd{int(run['kd'])}"]}
+            for run in previous["runs"] if run["method"] not in methods]
+
+
 def plot(runs: list[dict], sequence: list[str], ylabel: str, path: Path) -> None:
     import matplotlib
 
@@ -208,6 +228,8 @@ def main(argv=None) -> None:
                         help="a fresh network at every stage (CL_DM.py) instead of training on the previous one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the other methods' runs of the results file (same preset, seed and models)")
     args = parser.parse_args(argv)
     if args.mode == "domain":
         preset = PRESETS[args.preset]
@@ -238,6 +260,9 @@ def main(argv=None) -> None:
     model = models.get_model("ConvNet", shape, 10, width=preset["width"])
     protocol = evaluate.get_protocol("dc", epochs=preset["epochs"])
     test_sizes = [int(t.x_test.shape[0]) for t in tasks]
+    default = args.mode == "domain" and args.preset == "cpu" and names == ["digits28", "mnist", "usps"]
+    name = "continual" if default and not args.fresh_start else f"continual_{tag}"
+    kept = resumed_runs(RESULTS / f"{name}_full.json", args, num_models, methods) if args.resume else []
     runs = []
     for method in methods:
         memories = memories_for(method, tasks, datasets, preset, model, tag, args.seed)
@@ -250,27 +275,28 @@ def main(argv=None) -> None:
             config = continual.ContinualConfig(num_models=num_models, kd=kd, warm_start=not args.fresh_start, **KD)
             result = continual.train_sequence(jax.random.key(args.seed), model, tasks, memories, protocol, config)
             stage_accs = result.stage_accs if args.mode == "domain" else seen_accuracy(result.task_accs, test_sizes)
-            run = {"method": method, "kd": kd, "stage_accs": stage_accs.tolist(),
+            run = {"method": method, "kd": kd, "command": command_line(), "stage_accs": stage_accs.tolist(),
                    "task_accs": np.where(np.isnan(result.task_accs), None, result.task_accs).tolist(),
                    "seconds": round(time.perf_counter() - started, 1)}
             path.write_text(json.dumps(run) + "\n")
             runs.append(run)
             final = 100 * stage_accs[-1]
             print(f"{method} kd={kd}: final {final.mean():.1f} +- {final.std():.1f} % ({run['seconds']} s)", flush=True)
-    default = args.mode == "domain" and args.preset == "cpu" and names == ["digits28", "mnist", "usps"]
-    name = "continual" if default and not args.fresh_start else f"continual_{tag}"
+    runs = kept + runs
     summary = {"mode": args.mode, "sequence": sequence, "ipc": preset["ipc"], "measure": measure,
                "runs": [{"method": r["method"], "kd": r["kd"], "stage_accs": r["stage_accs"]} for r in runs]}
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     write_json(f"{name}_full", {
         **summary, "test_sizes": test_sizes,
         "task_accs": {f"{r['method']}_kd{int(r['kd'])}": r["task_accs"] for r in runs},
+        "run_commands": {f"{r['method']}_kd{int(r['kd'])}": r["command"] for r in runs},
         "protocol": protocol, "network": {"arch": "ConvNet", "width": preset["width"]},
         "continual": {**KD, "num_models": num_models, "warm_start": not args.fresh_start},
         "preset": args.preset, "method_overrides": preset["overrides"], "seed": args.seed,
     })
     text = (f"# Continual learning ({title}, {preset['ipc']} img/cls, preset {args.preset})\n\n"
-            f"{measure}, mean +- std over {num_models} models.\n\n{table(runs, sequence)}\n\n`{command_line()}`\n")
+            f"{measure}, mean +- std over {num_models} models.\n\n{table(runs, sequence)}\n\n"
+            + "\n".join(commands_markdown(runs)) + "\n")
     (RESULTS / f"{name}.md").write_text(text)
     plot(runs, sequence, ylabel, RESULTS / f"{name}.png")
     print(text)

@@ -5,18 +5,21 @@ trained on the set under the 'dc' protocol (K fresh models each). Writes
 ``experiments/results/dc_cross_arch_<preset>.{json,md}`` with the paper's numbers beside ours.
 
     python -m experiments.dc_cross_arch --preset smoke
-    nice -n 10 python -m experiments.dc_cross_arch --preset cpu --data-dir /work/shared/data
+    python -m experiments.dc_cross_arch --preset cpu --data-dir /work/shared/data
+    # add rows to a finished table (the cells already there are kept, each with its command):
+    python -m experiments.dc_cross_arch --preset cpu --condense ConvNet MLP LeNet --resume --data-dir /work/shared/data
     python -m experiments.dc_cross_arch --preset paper --data-dir DATA   # a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import jax
 
-from experiments.common import RESULTS, command_line, pct, write_json
+from experiments.common import RESULTS, command_line, commands_markdown, pct, write_json
 from jaxdd import data, distill, evaluate, models
 from jaxdd.methods import DistillRequest, get_method
 
@@ -36,14 +39,31 @@ PRESETS: dict[str, dict] = {
     "smoke": {"dataset": "digits", "condense": ("ConvNet", "MLP"), "evaluate": ("ConvNet", "MLP"),
               "arch_kwargs": {"ConvNet": {"width": 16, "depth": 2}, "MLP": {"width": 32}},
               "models": 3, "epochs": 50, "test_size": None},
-    # 2 shared CPU cores: only the ConvNet row (condensed with ConvNet width 16), 100 evaluation
-    # epochs, 5 models per cell, the first 1000 test images.
-    "cpu": {"dataset": "mnist", "condense": ("ConvNet",), "evaluate": ARCHS,
+    # 2 CPU cores, about 15 minutes a row: the ConvNet (width 16), MLP and LeNet rows; 100
+    # evaluation epochs, 5 models per cell, the first 1000 test images. The AlexNet-, VGG- and
+    # ResNet-condensed rows are the paper preset's (DC through them is hours a row on a CPU).
+    "cpu": {"dataset": "mnist", "condense": ("ConvNet", "MLP", "LeNet"), "evaluate": ARCHS,
             "arch_kwargs": {"ConvNet": {"width": 16}}, "models": 5, "epochs": 100, "test_size": 1000},
     # The published protocol.
     "paper": {"dataset": "mnist", "condense": ARCHS, "evaluate": ARCHS, "arch_kwargs": {},
               "models": 100, "epochs": None, "test_size": None},
 }
+
+
+def resumed_cells(path, seed: int, num_models: int) -> dict[tuple[str, str], dict]:
+    """The cells of a results file by (condensed with, evaluated on), each naming its command.
+
+    Row ``i`` of ``--condense`` is distilled with key ``fold_in(seed, i)``, so keep the rows
+    already in the file first and in their order: a kept cell is then the one a single run
+    would produce."""
+    if not path.is_file():
+        return {}
+    previous = json.loads(path.read_text())
+    if (previous["seed"], previous["models"]) != (seed, num_models):
+        raise SystemExit(f"--resume: {path} has seed {previous['seed']} and {previous['models']} models per cell, "
+                         f"not {seed} and {num_models}; run without --resume to replace it")
+    return {(c["condensed_with"], c["evaluated_on"]): {"command": previous["command"], **c}
+            for c in previous["cells"]}
 
 
 def main() -> None:
@@ -54,6 +74,7 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--resume", action="store_true", help="keep the results file's cells (same seed and models)")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     condense = args.condense or preset["condense"]
@@ -71,8 +92,11 @@ def main() -> None:
     def model_of(arch):
         return models.get_model(arch, info.image_shape, info.num_classes, **preset["arch_kwargs"].get(arch, {}))
 
-    cells = []
+    name = f"dc_cross_arch_{args.preset}"
+    cells = resumed_cells(RESULTS / f"{name}.json", args.seed, num_models) if args.resume else {}
     for i, source in enumerate(condense):
+        if all((source, target) in cells for target in targets):
+            continue
         started = time.perf_counter()
         request = DistillRequest(
             images=dataset.x_train, labels=dataset.y_train, num_classes=info.num_classes, model=model_of(source),
@@ -89,22 +113,28 @@ def main() -> None:
             )
             known = preset["dataset"] == "mnist" and source in PAPER_ROW and target in ARCHS
             paper = PAPER_ROW[source][ARCHS.index(target)] if known else None
-            cells.append({"condensed_with": source, "evaluated_on": target, **result.as_dict(), "paper": paper,
-                          "distill_time_s": round(distill_time, 1), "eval_time_s": round(time.perf_counter() - started, 1)})
+            cells[source, target] = {
+                "condensed_with": source, "evaluated_on": target, **result.as_dict(), "paper": paper,
+                "distill_time_s": round(distill_time, 1), "eval_time_s": round(time.perf_counter() - started, 1),
+                "command": command_line()}
             print(f"{source} -> {target}: {pct(result.mean, result.std)} % (paper {paper})", flush=True)
 
-    name = f"dc_cross_arch_{args.preset}"
     record = {"preset": args.preset, "preset_config": preset, "dataset": preset["dataset"], "protocol": protocol,
-              "models": num_models, "seed": args.seed, "test_images": int(x_test.shape[0]), "cells": cells}
+              "models": num_models, "seed": args.seed, "test_images": int(x_test.shape[0]),
+              "cells": list(cells.values())}
     write_json(name, record)
+    rows = list(dict.fromkeys(c["condensed_with"] for c in cells.values()))
     lines = [f"# DC cross-architecture, {preset['dataset']} 1 img/cls, preset `{args.preset}`", "",
-             f"Command: `{command_line()}`", "",
+             *commands_markdown(list(cells.values())), "",
              f"Accuracy in % over {num_models} models per cell (paper in brackets); rows condensed with, columns evaluated on.", "",
              "| condensed with | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
-    for source in condense:
+    for source in rows:
         row = []
         for target in targets:
-            c = next(c for c in cells if c["condensed_with"] == source and c["evaluated_on"] == target)
+            c = cells.get((source, target))
+            if c is None:
+                row.append("-")
+                continue
             row.append(pct(c["mean"], c["std"]) + (f" ({c['paper']})" if c["paper"] is not None else ""))
         lines.append(f"| {source} | " + " | ".join(row) + " |")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")

@@ -127,3 +127,24 @@ def test_class_incremental_experiment_on_digits(tmp_path, monkeypatch):
         jnp.concatenate([m["images"] for m in memories]), jnp.concatenate([m["labels"] for m in memories]),
         ds.x_test, ds.y_test, get_protocol("dc", epochs=preset["epochs"]), num_models=preset["models"])
     np.testing.assert_allclose(summary["runs"][0]["stage_accs"][-1], direct.accs, atol=1e-6)
+
+
+def test_resume_keeps_other_methods_runs_with_their_commands(tmp_path):
+    from types import SimpleNamespace
+
+    from experiments import dc_continual
+
+    full = {"command": "first", "preset": "cpu", "seed": 0, "continual": {"num_models": 5},
+            "runs": [{"method": m, "kd": kd, "stage_accs": [[0.5]]} for m in ("random", "dc") for kd in (False, True)],
+            "task_accs": {f"{m}_kd{kd}": [[[0.5]]] for m in ("random", "dc") for kd in (0, 1)},
+            "run_commands": {"dc_kd1": "second"}}
+    path = tmp_path / "continual_full.json"
+    path.write_text(json.dumps(full))
+    args = SimpleNamespace(preset="cpu", seed=0)
+    kept = dc_continual.resumed_runs(path, args, 5, ["dc"])  # dc runs again: only random's are kept
+    assert [(r["method"], r["kd"], r["command"]) for r in kept] == [("random", False, "first"), ("random", True, "first")]
+    assert all(r["task_accs"] == [[[0.5]]] for r in kept)
+    assert [r["command"] for r in dc_continual.resumed_runs(path, args, 5, ["random"])] == ["first", "second"]
+    assert dc_continual.resumed_runs(tmp_path / "absent.json", args, 5, ["dc"]) == []
+    with pytest.raises(SystemExit, match="made with preset, seed, models"):
+        dc_continual.resumed_runs(path, args, 10, ["dc"])
