@@ -1,4 +1,5 @@
-"""DD's Table 1 (Wang et al. 2018): MNIST / LeNet, distilled sets against real-image baselines.
+"""DD's Table 1 (Wang et al. 2018): distilled sets against real-image baselines, MNIST / LeNet and
+CIFAR-10 / AlexCifarNet.
 
 Rows (each a separate ``--part`` so that runs can go one at a time on a small machine):
 
@@ -11,7 +12,8 @@ Rows (each a separate ``--part`` so that runs can go one at a time on a small ma
 
 Usage::
 
-    nice -n 10 python -m experiments.dd_table --preset cpu --data-dir /work/shared/data --part fixed_1x3
+    python -m experiments.dd_table --preset cpu --data-dir /work/shared/data --part fixed_1x3
+    python -m experiments.dd_table --preset cpu_cifar10 --data-dir /work/shared/data   # DD's CIFAR-10 rows
     python -m experiments.dd_table --report        # markdown table from the saved JSON files
 
 Results: ``experiments/results/dd_table_<preset>_<part>.json`` and ``dd_table_<preset>.md``.
@@ -54,8 +56,16 @@ PRESETS = {
     "paper": dict(dataset="mnist", arch="LeNet", iterations=None, decay_every=None, real_batch=1024, num_inits=1,
                   eval_models=200, baseline_sets=10, optimized_candidates=50, optimized_keep=10, val_size=10000,
                   lr_grid=(0.01, 0.03, 0.1, 0.3, 1.0)),
+    # DD's CIFAR-10 rows (AlexCifarNet, 100 images, 10 steps x 3 epochs) on 2 CPU cores: 100 outer
+    # steps of real batches of 256 (the paper: 400 epochs of batches of 1024, about 20000 steps)
+    "cpu_cifar10": dict(dataset="cifar10", arch="AlexCifarNet", parts=("fixed_10x3", "random_10x3"),
+                        iterations={"fixed_10x3": 100, "random_10x3": 100}, decay_every=10**9, real_batch=256,
+                        num_inits=1, eval_models=20),
 }
 
+PAPER_CIFAR10 = {"fixed_10x3": 54.03, "random_10x3": "36.8 +- 1.2", "random_real": "21.3 +- 1.5",
+                 "optimized_real": "23.4 +- 1.3", "kmeans": "22.5 +- 3.1", "average_real": "22.3 +- 0.7",
+                 "knn_random_real": "18.8 +- 1.3", "knn_kmeans": "29.4 +- 0.3"}
 PAPER = {"fixed_1x3": 93.76, "fixed_10x3": 96.6, "random_10x3": "79.5 +- 8.1", "random_real": "68.6 +- 9.8",
          "optimized_real": "73.0 +- 7.6", "kmeans": "76.4 +- 9.5", "average_real": "77.1 +- 2.7",
          "knn_random_real": "71.5 +- 2.1", "knn_kmeans": "92.2 +- 0.1"}
@@ -102,6 +112,11 @@ def run_dd(ds, info, model, preset: dict, preset_name: str, init: str, steps: in
     return method, state, time.perf_counter() - started
 
 
+def paper_numbers(dataset: str) -> dict:
+    """DD Table 1's row for ``dataset`` (MNIST's also for the smoke digits)."""
+    return PAPER_CIFAR10 if dataset == "cifar10" else PAPER
+
+
 def pct(x: float) -> float:
     return round(100.0 * float(x), 2)
 
@@ -116,7 +131,8 @@ def dd_part(part: str, preset_name: str, data_dir, seed: int) -> dict:
     protocol = get_protocol("dd")
     out = {"part": part, "init": init, "steps": steps, "epochs": epochs, "images": int(synset.images.shape[0]),
            "distill_seconds": round(seconds, 1), "config": method.config,
-           "learned_step_sizes": np.asarray(synset.step_sizes).round(4).tolist(), "paper": PAPER[part]}
+           "learned_step_sizes": np.asarray(synset.step_sizes).round(4).tolist(),
+           "paper": paper_numbers(preset["dataset"])[part]}
     if init == "fixed":
         before = accuracy(model, state.theta0, ds.x_test, ds.y_test)
         res = evaluate_synset(jax.random.key(seed + 1), model, synset.images, synset.labels, ds.x_test, ds.y_test,
@@ -167,7 +183,7 @@ def baselines_part(preset_name: str, data_dir, seed: int) -> dict:
     lr = max(lr_scores, key=lr_scores.get)
     out = {"part": "baselines", "steps": steps, "epochs": epochs, "ipc": ipc, "fixed_lr": lr,
            "lr_validation_accuracy": {str(k): pct(v) for k, v in lr_scores.items()},
-           "protocol": dataclasses.asdict(protocol(lr)), "paper": {k: PAPER[k] for k in PAPER if "_" in k and
+           "protocol": dataclasses.asdict(protocol(lr)), "paper": {k: v for k, v in paper_numbers(preset["dataset"]).items() if "_" in k and
                                                                   not k.startswith(("fixed", "random_10"))}}
 
     def test_sets(sets, tag):
@@ -219,6 +235,13 @@ def _cell(entry) -> str:
     return f"{entry['accuracy']:.1f}" + (f" +- {entry['std']:.1f}" if entry.get("std") else "")
 
 
+COLUMNS = (("Fixed init, 10 img (1x3)", "fixed_1x3"), ("Fixed init, 100 img (10x3)", "fixed_10x3"),
+           ("Random init (10x3)", "random_10x3"), ("Random real", "random_real"), ("Optimized real", "optimized_real"),
+           ("k-means", "kmeans"), ("Average real", "average_real"), ("kNN random real", "knn_random_real"),
+           ("kNN k-means", "knn_kmeans"))
+"""(column title, part or baseline key) of the markdown table."""
+
+
 def report(preset_name: str) -> str:
     """Markdown table from ``dd_table_<preset>_<part>.json``."""
     found = {}
@@ -227,16 +250,13 @@ def report(preset_name: str) -> str:
         if path.exists():
             found[part] = json.loads(path.read_text())
     b = found.get("baselines", {})
-    cols = [("Fixed init, 10 img (1x3)", found.get("fixed_1x3"), PAPER["fixed_1x3"]),
-            ("Fixed init, 100 img (10x3)", found.get("fixed_10x3"), PAPER["fixed_10x3"]),
-            ("Random init (10x3)", found.get("random_10x3"), PAPER["random_10x3"]),
-            ("Random real", b.get("random_real"), PAPER["random_real"]),
-            ("Optimized real", b.get("optimized_real"), PAPER["optimized_real"]),
-            ("k-means", b.get("kmeans"), PAPER["kmeans"]),
-            ("Average real", b.get("average_real"), PAPER["average_real"]),
-            ("kNN random real", b.get("knn_random_real"), PAPER["knn_random_real"]),
-            ("kNN k-means", b.get("knn_kmeans"), PAPER["knn_kmeans"])]
-    lines = [f"MNIST, LeNet, preset `{preset_name}` (test accuracy %, mean +- std over models)", "",
+    preset = PRESETS[preset_name]
+    paper = paper_numbers(preset["dataset"])
+    cols = [(title, found.get(part) if part in PARTS else b.get(part), paper[part]) for title, part in COLUMNS
+            if part in paper]
+    title = {"mnist": "MNIST", "cifar10": "CIFAR-10"}.get(preset["dataset"], preset["dataset"])
+    lines = [f"{title}, {preset['arch']}, preset `{preset_name}` (test accuracy %, mean +- std over models)",
+             "",
              "| | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|",
              "| jaxdd | " + " | ".join(_cell(c[1]) for c in cols) + " |",
              "| paper | " + " | ".join(str(c[2]) for c in cols) + " |", ""]
@@ -258,7 +278,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.report:
-        for part in (PARTS if args.part == "all" else (args.part,)):
+        for part in (PRESETS[args.preset].get("parts", PARTS) if args.part == "all" else (args.part,)):
             result = baselines_part(args.preset, args.data_dir, args.seed) if part == "baselines" else \
                 dd_part(part, args.preset, args.data_dir, args.seed)
             result["provenance"] = provenance(args)
