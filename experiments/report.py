@@ -436,7 +436,7 @@ def mgdd_speedups(results_dir: Path) -> list[str]:
                           f"(paper: {MGDD_SPEEDUP_PAPER})" for cell, ratio in sorted(record["speedup"].items())]
                 continue
             rows = {(r["target"], r["ipc"], r["method"]): r for r in record.get("table", [])}
-            for target, ipc, _ in {(r["target"], r["ipc"], 0) for r in record.get("speedup", [])}:
+            for target, ipc in sorted({(r["target"], r["ipc"]) for r in record.get("speedup", [])}):
                 ours = rows.get((target, ipc, "mgdd"))
                 snaps = sorted((r for r in record["speedup"] if (r["target"], r["ipc"]) == (target, ipc)),
                                key=lambda r: r["iterations"])
