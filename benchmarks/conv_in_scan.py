@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 from jaxdd import data, models
 from jaxdd.io import versions

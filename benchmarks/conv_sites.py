@@ -15,30 +15,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
-from benchmarks.paper import NAMES, RESULTS, SIZES, default_sizes
+from benchmarks.paper import NAMES, RESULTS, SIZES, default_sizes, run_side
 
 IMPLS = ("patches", "xla")
-
-
-def child_run(name: str, impl: str, sizes: str, data: str | None, timeout_s: float | None) -> dict:
-    """One process of bench ``name``'s JAX side with every convolution traced as ``impl``
-    (stopped after ``timeout_s`` seconds: a convolution many times slower need not run to its end)."""
-    env = {**os.environ, "JAXDD_CONV": impl, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    command = [sys.executable, "-m", "benchmarks.paper", "--child", name, "--side", "jax", "--sizes", sizes]
-    try:
-        done = subprocess.run(command + (["--data", data] if data else []), stdout=subprocess.PIPE, text=True,
-                              env=env, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"error": f"stopped after {timeout_s:g} s"}
-    if done.returncode:
-        return {"error": f"exit status {done.returncode}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -70,7 +51,8 @@ def main(argv=None) -> int:
         runs = {impl: [] for impl in IMPLS}
         for _ in range(args.rounds):
             for impl in IMPLS:
-                runs[impl].append(child_run(name, impl, sizes, args.data, args.timeout))
+                # every convolution traced as impl; a much slower one need not run to its end
+                runs[impl].append(run_side(name, "jax", sizes, args.data, {"JAXDD_CONV": impl}, args.timeout))
                 print(f"{name} {impl}: {runs[impl][-1].get('median_s', runs[impl][-1].get('error'))}", flush=True)
         summary = {}
         for impl, results in runs.items():

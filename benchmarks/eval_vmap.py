@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from jaxdd import coreset, data, evaluate, models
 from jaxdd.io import versions

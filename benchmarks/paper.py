@@ -267,14 +267,19 @@ def child(name: str, side: str, sizes_name: str, data: Optional[str]) -> dict:
 # --------------------------------------------------------------------------- the session (parent)
 
 
-def run_side(name: str, side: str, sizes: str, data: Optional[str]) -> dict:
-    """One side of one bench in a fresh process (``XLA_PYTHON_CLIENT_PREALLOCATE=false``)."""
-    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+def run_side(name: str, side: str, sizes: str, data: Optional[str], env: Optional[dict] = None,
+             timeout_s: Optional[float] = None) -> dict:
+    """One side of one bench in a fresh process (``XLA_PYTHON_CLIENT_PREALLOCATE=false``, plus
+    ``env``), stopped after ``timeout_s`` seconds if given."""
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", **(env or {})}
     command = [sys.executable, "-m", "benchmarks.paper", "--child", name, "--side", side, "--sizes", sizes]
     if data:
         command += ["--data", data]
     started = time.perf_counter()
-    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"stopped after {timeout_s:g} s"}
     if done.returncode != 0:
         return {"error": f"{side} exit status {done.returncode} (see stderr above)"}
     result = json.loads(done.stdout.strip().splitlines()[-1])

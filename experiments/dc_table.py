@@ -21,7 +21,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from experiments.common import RESULTS, command_line, commands_markdown, pct, resumed_cells, write_json
 from jaxdd import augment, coreset, data, distill, evaluate, models

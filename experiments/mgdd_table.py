@@ -39,7 +39,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxdd import methods
 from jaxdd.data import load_dataset, resolve_data_dir
