@@ -638,12 +638,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     smallest = int(np.min(np.asarray(sampling.class_counts(dataset.y_train, info.num_classes))))
     if args.ipc > smallest:
         raise CLIError(f"--ipc {args.ipc} is larger than the smallest class of {args.dataset} ({smallest} training images)")
-    identity = {
-        "format_version": io.FORMAT_VERSION,
+    # What the run is: recorded in the set's metadata, and in its identity, which a resume or a
+    # rerun into the same folder must match (with the data's fingerprint and the mesh's shape).
+    run_options = {
         "method": args.method,
         "config": methods.config_to_dict(config),
         "dataset": args.dataset,
-        "data": io.array_fingerprint(dataset.x_train, dataset.y_train),
         "zca": bool(args.zca),
         "arch": args.arch,
         "arch_options": dict(args.arch_options or {}),
@@ -651,6 +651,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
         "ipc": args.ipc,
         "preset": args.preset,
         "seed": args.seed,
+    }
+    identity = {
+        "format_version": io.FORMAT_VERSION,
+        **run_options,
+        "data": io.array_fingerprint(dataset.x_train, dataset.y_train),
         "mesh": None if mesh is None else dict(mesh.shape),
     }
     if finished is not None and not args.overwrite:
@@ -700,21 +705,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
             extra_arrays.update({"zca_mean": dataset.zca.mean, "zca_inverse": dataset.zca.unwhiten})
         eval_overrides = spec.eval_overrides(extra_arrays) if spec.eval_overrides else {}
         meta = {
-            "dataset": args.dataset,
+            **run_options,
             "image_shape": list(info.image_shape),
             "num_classes": info.num_classes,
             "mean": list(info.mean),
             "std": list(info.std),
-            "zca": bool(args.zca),
-            "method": args.method,
-            "arch": args.arch,
-            "arch_options": dict(args.arch_options or {}),
-            "model_init": model_init,
-            "ipc": args.ipc,
-            "preset": args.preset,
-            "seed": args.seed,
             "mesh": args.mesh,
-            "config": methods.config_to_dict(config),
             "run": run,
             "eval_protocol": spec.default_protocol,
             **({"eval_overrides": eval_overrides} if eval_overrides else {}),
