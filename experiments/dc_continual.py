@@ -226,6 +226,9 @@ def main(argv=None) -> None:
     parser.add_argument("--models", type=int, default=None)
     parser.add_argument("--fresh-start", action="store_true",
                         help="a fresh network at every stage (CL_DM.py) instead of training on the previous one")
+    parser.add_argument("--kd-on", default="all", choices=("all", "old"),
+                        help="the images the KD term acts on: every image of the batch, or the earlier "
+                             "stages' memories only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--resume", action="store_true",
@@ -254,25 +257,27 @@ def main(argv=None) -> None:
         tag = f"class_{args.preset}_{dataset}_{len(tasks)}x{per_stage}_ipc{preset['ipc']}_seed{args.seed}"
         ylabel, title = "test accuracy on seen classes (%)", f"{dataset}, {len(tasks)} stages of {per_stage} classes"
         measure = "Test accuracy (%) on the test images of all classes seen after each stage (one head over all classes)"
-    tag += "_fresh" if args.fresh_start else ""
+    memory_tag = tag  # memories do not depend on how the networks are trained
+    tag += ("_fresh" if args.fresh_start else "") + ("_kdold" if args.kd_on == "old" else "")
     methods = args.methods.split(",") if args.methods else list(preset["methods"])
     num_models = args.models or preset["models"]
     model = models.get_model("ConvNet", shape, 10, width=preset["width"])
     protocol = evaluate.get_protocol("dc", epochs=preset["epochs"])
     test_sizes = [int(t.x_test.shape[0]) for t in tasks]
     default = args.mode == "domain" and args.preset == "cpu" and names == ["digits28", "mnist", "usps"]
-    name = "continual" if default and not args.fresh_start else f"continual_{tag}"
+    name = "continual" if default and not args.fresh_start and args.kd_on == "all" else f"continual_{tag}"
     kept = resumed_runs(RESULTS / f"{name}_full.json", args, num_models, methods) if args.resume else []
     runs = []
     for method in methods:
-        memories = memories_for(method, tasks, datasets, preset, model, tag, args.seed)
+        memories = memories_for(method, tasks, datasets, preset, model, memory_tag, args.seed)
         for kd in (False, True):
             path = CACHE / f"{tag}_{method}_kd{int(kd)}_m{num_models}.json"
             if path.is_file():
                 runs.append(json.loads(path.read_text()))
                 continue
             started = time.perf_counter()
-            config = continual.ContinualConfig(num_models=num_models, kd=kd, warm_start=not args.fresh_start, **KD)
+            config = continual.ContinualConfig(num_models=num_models, kd=kd, warm_start=not args.fresh_start,
+                                               kd_old_only=args.kd_on == "old", **KD)
             result = continual.train_sequence(jax.random.key(args.seed), model, tasks, memories, protocol, config)
             stage_accs = result.stage_accs if args.mode == "domain" else seen_accuracy(result.task_accs, test_sizes)
             run = {"method": method, "kd": kd, "command": command_line(), "stage_accs": stage_accs.tolist(),
@@ -291,7 +296,7 @@ def main(argv=None) -> None:
         "task_accs": {f"{r['method']}_kd{int(r['kd'])}": r["task_accs"] for r in runs},
         "run_commands": {f"{r['method']}_kd{int(r['kd'])}": r["command"] for r in runs},
         "protocol": protocol, "network": {"arch": "ConvNet", "width": preset["width"]},
-        "continual": {**KD, "num_models": num_models, "warm_start": not args.fresh_start},
+        "continual": {**KD, "num_models": num_models, "warm_start": not args.fresh_start, "kd_on": args.kd_on},
         "preset": args.preset, "method_overrides": preset["overrides"], "seed": args.seed,
     })
     text = (f"# Continual learning ({title}, {preset['ipc']} img/cls, preset {args.preset})\n\n"

@@ -66,6 +66,9 @@ class ContinualConfig(NamedTuple):
         kd_weight: lambda in ``CE + lambda * T^2 * KL``.
         warm_start: start each stage from the previous stage's network (E2E: one network trained
             on through the stages); False: a fresh initialisation per stage.
+        kd_old_only: the distillation term only on the images of earlier stages' memories (the
+            previous network never saw the new task, so its outputs there are poor targets);
+            False: on every image of the batch.
     """
 
     num_models: int = 5
@@ -73,6 +76,7 @@ class ContinualConfig(NamedTuple):
     temperature: float = 2.0
     kd_weight: float = 1.0
     warm_start: bool = True
+    kd_old_only: bool = False
 
 
 class ContinualResult(NamedTuple):
@@ -95,12 +99,14 @@ def kd_loss(
     temperature: float,
     weight: float,
     mask: Optional[Array] = None,
+    distil_mask: Optional[Array] = None,
 ) -> Array:
     """Cross-entropy plus temperature-softened distillation (Hinton et al. 2015; E2E, Castro et al. 2018).
 
     Per example ``CE(y, softmax(z)) + lambda * T^2 * KL(softmax(z_old / T) || softmax(z / T))``,
-    averaged over the batch (weighted by ``mask``). ``T^2`` keeps the distillation gradient's
-    scale independent of T. The teacher's logits are constants (no gradient flows to them).
+    averaged over the batch (weighted by ``mask``); with ``distil_mask`` the KL term of example i
+    is multiplied by ``distil_mask[i]``. ``T^2`` keeps the distillation gradient's scale
+    independent of T. The teacher's logits are constants (no gradient flows to them).
 
     Args:
         logits: (B, C) student logits z.
@@ -109,6 +115,7 @@ def kd_loss(
         temperature: T > 0.
         weight: lambda >= 0.
         mask: optional (B,) weights (0 for padding).
+        distil_mask: optional (B,) weights of the distillation term (default 1).
     """
     log_p = jax.nn.log_softmax(logits)
     ce = -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
@@ -116,6 +123,8 @@ def kd_loss(
     log_q_t = jax.nn.log_softmax(teacher / temperature)
     log_p_t = jax.nn.log_softmax(logits / temperature)
     kl = jnp.sum(jnp.exp(log_q_t) * (log_q_t - log_p_t), axis=-1)
+    if distil_mask is not None:
+        kl = kl * distil_mask
     per_example = ce + weight * temperature**2 * kl
     if mask is None:
         return per_example.mean()
@@ -132,19 +141,24 @@ def train_with_teacher(
     protocol: Protocol,
     temperature: float,
     weight: float,
+    distil_on: Optional[Array] = None,
 ) -> Params:
     """Trains ``params`` on ``(images, labels)`` with :func:`kd_loss` against ``teacher``'s outputs.
 
     The minibatch loop of :func:`jaxdd.train.train_loop` (one ``lax.scan``, shuffled epochs,
     the protocol's optimiser and schedule, per-sample augmentation of the batch seen by both
     networks); only the loss differs. ``protocol.loss`` is ignored (cross-entropy).
+    ``distil_on``: optional (N,) bool, the images whose distillation term counts (default all);
+    it travels with the labels as their second column, so it follows every shuffle.
     """
     shuffle_key, augment_key = jax.random.split(key)
+    on = jnp.ones_like(labels) if distil_on is None else distil_on.astype(labels.dtype)
 
     def distillation_loss(q, x, y, mask):
-        return kd_loss(model.apply(q, x), y, model.apply(teacher, x), temperature, weight, mask)
+        return kd_loss(model.apply(q, x), y[:, 0], model.apply(teacher, x), temperature, weight, mask,
+                       distil_mask=y[:, 1].astype(jnp.float32))
 
-    return train_loop(model, params, images, labels, protocol, shuffle_key=shuffle_key,
+    return train_loop(model, params, images, jnp.stack([labels, on], axis=1), protocol, shuffle_key=shuffle_key,
                       augment=resolve_augment(protocol.augment), augment_key=augment_key,
                       batch_loss=distillation_loss)
 
@@ -155,10 +169,11 @@ def stage_key(key: PRNGKey, stage: int) -> PRNGKey:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "protocol", "num_models", "warm_start", "distil"))
-def _train_stage(key, previous, images, labels, *, model: ModelKey, protocol: Protocol, num_models: int,
+def _train_stage(key, previous, images, labels, distil_on, *, model: ModelKey, protocol: Protocol, num_models: int,
                  warm_start: bool, distil: Optional[tuple[float, float]]):
     """K networks of one stage: (key_k, previous_k) -> params_k, ``lax.map`` over models;
-    ``distil``: (temperature, weight) of :func:`kd_loss`, or None for plain cross-entropy."""
+    ``distil``: (temperature, weight) of :func:`kd_loss`, or None for plain cross-entropy;
+    ``distil_on``: the images the distillation term acts on (None: all)."""
     net = model.model
 
     def train_one(args):
@@ -167,7 +182,7 @@ def _train_stage(key, previous, images, labels, *, model: ModelKey, protocol: Pr
             return minibatch_trainer(k, net, images, labels, protocol, params=prev if warm_start else None)
         init_key, train_key = jax.random.split(k)
         start = prev if warm_start else net.init(init_key)
-        return train_with_teacher(train_key, net, start, prev, images, labels, protocol, *distil)
+        return train_with_teacher(train_key, net, start, prev, images, labels, protocol, *distil, distil_on=distil_on)
 
     keys = jax.random.split(key, num_models)
     return jax.lax.map(train_one, (keys, previous), batch_size=default_model_batch(num_models))
@@ -207,7 +222,8 @@ def train_sequence(
     Stage s: ``D_s = M_0 u ... u M_s``; model k starts from its stage s-1 parameters (or afresh
     with ``warm_start=False``; stage 0 always afresh) and is trained on ``D_s`` with ``protocol``
     and key ``split(stage_key(key, s), K)[k]`` by plain cross-entropy, or with ``config.kd`` from
-    stage 1 on by :func:`kd_loss` against its own stage s-1 parameters. Then it is tested on the
+    stage 1 on by :func:`kd_loss` against its own stage s-1 parameters (on the images of
+    ``M_0 .. M_{s-1}`` only, with ``config.kd_old_only``). Then it is tested on the
     test sets of tasks 0..s. The K models are one stacked pytree (``lax.map`` / vmap).
 
     Returns:
@@ -225,7 +241,9 @@ def train_sequence(
     for s in range(num):
         images = jnp.concatenate([m.images for m in memories[: s + 1]])
         labels = jnp.concatenate([m.labels for m in memories[: s + 1]])
-        previous = _train_stage(stage_key(key, s), previous, images, labels, model=model_key, protocol=protocol,
+        old = jnp.arange(images.shape[0]) < images.shape[0] - memories[s].images.shape[0]
+        distil_on = old if config.kd_old_only else None
+        previous = _train_stage(stage_key(key, s), previous, images, labels, distil_on, model=model_key, protocol=protocol,
                                 num_models=config.num_models, warm_start=bool(config.warm_start and s),
                                 distil=distil if s else None)
         for t in range(s + 1):

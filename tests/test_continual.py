@@ -9,10 +9,11 @@ import pytest
 
 from jaxdd import coreset
 from jaxdd.continual import (ContinualConfig, Task, build_memories, class_split_tasks, kd_loss, stage_key,
-                             train_sequence)
+                             train_sequence, train_with_teacher)
 from jaxdd.data import load_dataset
 from jaxdd.evaluate import evaluate_synset, get_protocol
 from jaxdd.models import get_model
+from jaxdd.train import train_loop
 
 
 def test_kd_loss_is_ce_plus_t2_scaled_kl_by_hand():
@@ -40,6 +41,33 @@ def test_kd_loss_is_ce_plus_t2_scaled_kl_by_hand():
     np.testing.assert_allclose(float(same), ce.mean(), rtol=1e-12)
     assert float(got) > float(plain) + 0.05
     np.testing.assert_array_equal(np.asarray(grad_teacher), 0.0)
+    # A distillation mask weights the KL term per example and leaves cross-entropy alone.
+    with jax.enable_x64():
+        masked = kd_loss(jnp.asarray(z), jnp.asarray(y), jnp.asarray(z_old), t, lam, distil_mask=jnp.asarray([0.0, 1.0]))
+    np.testing.assert_allclose(float(masked), np.mean(ce + lam * t**2 * kl * [0.0, 1.0]), rtol=1e-12)
+
+
+def test_distillation_on_no_image_is_plain_cross_entropy_training():
+    ds = load_dataset("digits")
+    model = get_model("MLP", (8, 8, 1), 10, width=16)
+    images, labels = ds.x_train[:60], ds.y_train[:60]
+    protocol = get_protocol("dc", epochs=3, batch_size=16)
+    start, teacher = model.init(jax.random.key(1)), model.init(jax.random.key(2))
+    key = jax.random.key(3)
+
+    def distilled(on):
+        return train_with_teacher(key, model, start, teacher, images, labels, protocol, 2.0, 1.0, distil_on=on)
+
+    shuffle_key, _ = jax.random.split(key)
+    plain = train_loop(model, start, images, labels, protocol, shuffle_key=shuffle_key)
+    for a, b in zip(jax.tree.leaves(distilled(jnp.zeros(60, bool))), jax.tree.leaves(plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(distilled(jnp.ones(60, bool))), jax.tree.leaves(distilled(None))):
+        np.testing.assert_array_equal(a, b)
+    # Distilling on the first half only is neither.
+    half = distilled(jnp.arange(60) < 30)
+    assert not np.allclose(jax.tree.leaves(half)[0], jax.tree.leaves(plain)[0])
+    assert not np.allclose(jax.tree.leaves(half)[0], jax.tree.leaves(distilled(None))[0])
 
 
 def _random_builder(key, images, labels, num_classes, ipc):
@@ -81,6 +109,11 @@ def test_stage_three_trains_on_all_memories_and_kd_changes_training(digit_tasks)
                                config._replace(kd=True, kd_weight=5.0))
     np.testing.assert_array_equal(distilled.task_accs[0], plain.task_accs[0, :2])
     assert not np.array_equal(distilled.task_accs[1], plain.task_accs[1, :2])
+    # Distilling on the stage-1 memory's images only is a third training.
+    old_only = train_sequence(key, model, digit_tasks[:2], memories[:2], protocol,
+                              config._replace(kd=True, kd_weight=5.0, kd_old_only=True))
+    assert not np.array_equal(old_only.task_accs[1], distilled.task_accs[1])
+    assert not np.array_equal(old_only.task_accs[1], plain.task_accs[1, :2])
 
 
 def test_class_split_tasks_and_memories_keep_global_labels(digit_tasks):
@@ -115,7 +148,8 @@ def test_class_incremental_experiment_on_digits(tmp_path, monkeypatch):
     assert "| random | yes |" in (tmp_path / f"continual_{tag}.md").read_text()
     assert (tmp_path / f"continual_{tag}.png").is_file() and (tmp_path / f"continual_{tag}_full.json").is_file()
 
-    memories = [np.load(tmp_path / "cache" / f"{tag}_random_stage{s}.npz") for s in range(2)]
+    memory_tag = tag.removesuffix("_fresh")  # one memory cache for every way of training on it
+    memories = [np.load(tmp_path / "cache" / f"{memory_tag}_random_stage{s}.npz") for s in range(2)]
     for s, memory in enumerate(memories):  # each stage's memory holds only its own classes
         np.testing.assert_array_equal(np.sort(memory["labels"]), np.repeat(np.arange(5 * s, 5 * s + 5), 2))
     # Fresh start without KD: the last stage trains on both memories (stage 1's included) and
