@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Optional
 
@@ -147,15 +148,18 @@ def _dc_reason(row: str, column: str) -> Optional[str]:
         return _offline(dataset)
     if column == "forgetting":
         return "forgetting is not in the cpu preset of experiments/dc_table.py"
-    if column == "whole dataset" or dataset == "cifar10" or ipc == "50":
+    if column == "whole dataset" or ipc == "50":
         return "in experiments/dc_table.py's paper preset only (a GPU run)"
+    if dataset == "cifar10":
+        return ("not run yet at the cpu preset (python -m experiments.dc_table --preset cpu --datasets cifar10 "
+                "--resume; about 20-40 min a matching method on 2 cores)")
     return None
 
 
 def _cross_reason(row: str, column: str) -> Optional[str]:
-    if row == "ConvNet":
-        return None
-    return "rows other than ConvNet are in experiments/dc_cross_arch.py's paper preset only"
+    if row in ("ConvNet", "MLP", "LeNet"):
+        return "not run yet (python -m experiments.dc_cross_arch --preset cpu --resume)"
+    return "the AlexNet-, VGG- and ResNet-condensed rows are in experiments/dc_cross_arch.py's paper preset only"
 
 
 def _mgdd_reason(row: str, column: str) -> Optional[str]:
@@ -168,7 +172,8 @@ def _mgdd_reason(row: str, column: str) -> Optional[str]:
 
 def _dd_reason(row: str, column: str) -> Optional[str]:
     if row == "cifar10":
-        return "experiments/dd_table.py covers MNIST / LeNet only"
+        return ("not run yet (python -m experiments.dd_table --preset cpu_cifar10)" if column in ("fixed_10x3", "random_10x3")
+                else "the CIFAR-10 baselines are not in experiments/dd_table.py's cpu_cifar10 preset")
     return "selection of the best real sets not implemented in experiments/dd_adaptation.py" \
         if column == "optimized_real" else _offline(row)
 
@@ -596,6 +601,38 @@ def paper_sizes_markdown(record: dict, path: Path, out_dir: Path) -> list[str]:
     return lines + [""]
 
 
+def continual_markdown(results_dir: Path, out_dir: Path, commands: Commands) -> list[str]:
+    """DC's continual-learning application (its Fig. 4): every ``continual*.json`` summary beside its
+    ``_full`` record, one table per file (accuracy after each stage) and its PNG."""
+    lines = []
+    for path in sorted(results_dir.glob("continual*.json")):
+        if path.stem.endswith("_full"):
+            continue
+        try:
+            summary = json.loads(path.read_text())
+            full_path = path.with_name(f"{path.stem}_full.json")
+            full = json.loads(full_path.read_text()) if full_path.exists() else {}
+            run_commands = full.get("run_commands", {})
+            head = " | ".join(f"T{i + 1} ({name})" for i, name in enumerate(summary["sequence"]))
+            lines += [f"`{path.name}`: {summary.get('measure', 'mean test accuracy on the seen tasks')}, "
+                      f"{summary['ipc']} img/cls, preset {full.get('preset', '?')}; mean +- std over "
+                      f"{len(summary['runs'][0]['stage_accs'][0])} models.", "",
+                      f"| memory | KD | {head} | command |", "|---|---|" + "---|" * (len(summary["sequence"]) + 1)]
+            for run in summary["runs"]:
+                cells = " | ".join(f"{100 * statistics.fmean(models):.1f} +- {100 * statistics.pstdev(models):.1f}"
+                                   for models in run["stage_accs"])
+                command = run_commands.get(f"{run['method']}_kd{int(run['kd'])}", full.get("command"))
+                cite = f"[{commands.cite(command)}]" if command else "-"
+                lines.append(f"| {run['method']} | {'yes' if run['kd'] else 'no'} | {cells} | {cite} |")
+            picture = path.with_suffix(".png")
+            if picture.exists():
+                lines += ["", f"![{picture.stem}]({Path(os.path.relpath(picture, out_dir)).as_posix()})"]
+            lines.append("")
+        except (KeyError, TypeError, ValueError) as error:
+            lines += [f"- {path.name}: could not read the continual-learning runs ({error})", ""]
+    return (["### DC's application: continual learning with condensed memories (its Fig. 4)", ""] + lines) if lines else []
+
+
 def _speed(result: dict, seconds: Optional[float]) -> str:
     """Seconds per step, or models x epochs per second for an evaluation."""
     if seconds is None:
@@ -633,6 +670,7 @@ def markdown(index: dict, problems: list, results_dir: Path, bench_dir: Path, pl
     speedups = mgdd_speedups(results_dir)
     if speedups:
         lines += ["### MGDD: time to distill against DC from scratch", ""] + speedups + [""]
+    lines += continual_markdown(results_dir, out_dir, commands)
     lines += extra_markdown(index, used, commands)
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({Path(os.path.relpath(p, out_dir)).as_posix()})" for p in plots]

@@ -37,6 +37,12 @@ def test_report_shows_paper_and_ours(tmp_path):
     (results / "mtt_idc_cpu.json").write_text(json.dumps({  # its DC cell stays out of the MGDD table
         "preset": "cpu", "cells": [mtt_cell, {**mtt_cell, "method": "dc", "mean": 0.1}]}))
 
+    continual = {"sequence": ["digits", "mnist"], "ipc": 10, "runs": [
+        {"method": "dc", "kd": True, "stage_accs": [[0.90, 0.92], [0.80, 0.84]]}]}
+    (results / "continual.json").write_text(json.dumps(continual))
+    (results / "continual_full.json").write_text(json.dumps({
+        **continual, "command": "first", "preset": "cpu", "run_commands": {"dc_kd1": "python -m experiments.dc_continual"}}))
+
     text = report.generate(results, bench, tmp_path / "RESULTS.md", tmp_path / "plots")
 
     assert text == (tmp_path / "RESULTS.md").read_text()
@@ -51,6 +57,10 @@ def test_report_shows_paper_and_ours(tmp_path):
     mgdd_row = next(line for line in text.split("### MGDD comparison")[1].splitlines() if line.startswith("| mnist / 1 |"))
     assert "**47.5 +- 5.8** (73.1)" in mgdd_row and "10.0" not in mgdd_row  # MTT beside the paper; not its DC
     assert "150 steps in a 90.0 s budget" in text
+    continual_row = next(line for line in text.splitlines() if line.startswith("| dc | yes |"))
+    assert "| 91.0 +- 1.0 | 82.0 +- 2.0 |" in continual_row  # per stage: mean +- std over the 2 models
+    cite = continual_row.split("[")[1].split("]")[0]
+    assert f"- [{cite}] `python -m experiments.dc_continual`" in text  # the run's own command
     assert "| dc_ipc1 | 0.500 s/step | 1.000 s/step | 2.00x | >= 1x | yes |" in text
     assert "| dc_ipc10 | 4.000 | 5.000 | 1.25x | 3.00x |" in text
     assert (tmp_path / "plots" / "accuracy_vs_ipc_mnist.png").stat().st_size > 0
