@@ -140,7 +140,8 @@ def main() -> None:
             )
             features = coreset.embed_all(model, params, dataset.x_train)
             acc = float(evaluate.accuracy(model, params, x_test, y_test))
-            whole[dataset_name] = {"acc": acc, "epochs": epochs, "note": "the coresets' feature network"}
+            whole[dataset_name] = {"acc": acc, "epochs": epochs, "note": "the coresets' feature network",
+                                   "command": command_line()}
             print(f"{dataset_name}: feature network ({epochs} epochs on all data) test {100 * acc:.1f} %", flush=True)
             feature_cache[dataset_name] = (features, counts)
         return feature_cache[dataset_name]

@@ -266,7 +266,7 @@ def load_dc_table(record: dict, source: str) -> Iterator[tuple[tuple, Ours]]:
         key = ("dc", cell["dataset"], int(cell["ipc"]), cell["method"])
         yield key, _ours(cell, record, source, wall, detail=detail)
     for dataset, whole in record.get("whole_dataset", {}).items():
-        entry = {"mean": whole["acc"], "models": 1}
+        entry = {"mean": whole["acc"], "models": 1, "command": whole.get("command")}
         yield ("dc_whole", dataset), _ours(entry, record, source, {}, detail=f"{whole.get('epochs')} epoch(s)")
 
 
