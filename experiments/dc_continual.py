@@ -166,9 +166,9 @@ def memories_for(method, tasks, datasets, preset, model, tag, seed) -> list[cont
 
 def resumed_runs(path: Path, args, num_models: int, methods: list[str]) -> list[dict]:
     """The runs of ``path`` (a ``_full`` results file) of methods not in ``methods``, each with the
-    command that ran it; refused (exit 2) when that file was made with another preset, seed or
-    number of models. Every method's memory and networks depend only on the seed, so a run kept
-    is the one a single invocation with all methods would have produced."""
+    command that ran it; a ``SystemExit`` naming both when that file was made with another preset,
+    seed or number of models. Every method's memory and networks depend only on the seed, so a
+    run kept is the one a single invocation with all methods would have produced."""
     if not path.is_file():
         return []
     previous = json.loads(path.read_text())
