@@ -8,6 +8,7 @@ import platform
 import shlex
 import sys
 from pathlib import Path
+from typing import Callable
 
 import jax
 
@@ -34,14 +35,15 @@ def write_json(name: str, record: dict) -> Path:
     return path
 
 
-def resumed_cells(previous: dict) -> dict[tuple, dict]:
-    """A result file's cells by (dataset, ipc, method), each naming the command that ran it.
+def resumed_cells(previous: dict, key: Callable[[dict], tuple] = lambda c: (c["dataset"], c["ipc"], c["method"])
+                  ) -> dict[tuple, dict]:
+    """A result file's cells by ``key(cell)`` (default (dataset, ipc, method)), each naming the
+    command that ran it.
 
     Cells written before cells carried their command take the file's. A ``--resume`` run keeps
     these and adds its own cells with ``"command": command_line()``.
     """
-    return {(c["dataset"], c["ipc"], c["method"]): {"command": previous.get("command"), **c}
-            for c in previous.get("cells", [])}
+    return {key(c): {"command": previous.get("command"), **c} for c in previous.get("cells", [])}
 
 
 def commands_markdown(cells: list[dict]) -> list[str]:

@@ -19,7 +19,7 @@ import time
 
 import jax
 
-from experiments.common import RESULTS, command_line, commands_markdown, pct, write_json
+from experiments.common import RESULTS, command_line, commands_markdown, pct, resumed_cells, write_json
 from jaxdd import data, distill, evaluate, models
 from jaxdd.methods import DistillRequest, config_to_dict, get_method, resolve_config
 
@@ -54,7 +54,7 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def resumed_cells(path, seed: int, num_models: int) -> dict[tuple[str, str], dict]:
+def resumed_cross_cells(path, seed: int, num_models: int) -> dict[tuple[str, str], dict]:
     """The cells of a results file by (condensed with, evaluated on), each naming its command.
 
     Row ``i`` of ``--condense`` is distilled with key ``fold_in(seed, i)``, so keep the rows
@@ -66,8 +66,7 @@ def resumed_cells(path, seed: int, num_models: int) -> dict[tuple[str, str], dic
     if (previous["seed"], previous["models"]) != (seed, num_models):
         raise SystemExit(f"--resume: {path} has seed {previous['seed']} and {previous['models']} models per cell, "
                          f"not {seed} and {num_models}; run without --resume to replace it")
-    return {(c["condensed_with"], c["evaluated_on"]): {"command": previous["command"], **c}
-            for c in previous["cells"]}
+    return resumed_cells(previous, key=lambda c: (c["condensed_with"], c["evaluated_on"]))
 
 
 def main() -> None:
@@ -97,7 +96,7 @@ def main() -> None:
         return models.get_model(arch, info.image_shape, info.num_classes, **preset["arch_kwargs"].get(arch, {}))
 
     name = f"dc_cross_arch_{args.preset}"
-    cells = resumed_cells(RESULTS / f"{name}.json", args.seed, num_models) if args.resume else {}
+    cells = resumed_cross_cells(RESULTS / f"{name}.json", args.seed, num_models) if args.resume else {}
     for i, source in enumerate(condense):
         if all((source, target) in cells for target in targets):
             continue
