@@ -56,11 +56,12 @@ PRESETS = {
     "paper": dict(dataset="mnist", arch="LeNet", iterations=None, decay_every=None, real_batch=1024, num_inits=1,
                   eval_models=200, baseline_sets=10, optimized_candidates=50, optimized_keep=10, val_size=10000,
                   lr_grid=(0.01, 0.03, 0.1, 0.3, 1.0)),
-    # DD's CIFAR-10 rows (AlexCifarNet, 100 images, 10 steps x 3 epochs) on 2 CPU cores: 100 outer
+    # DD's CIFAR-10 row (AlexCifarNet, 100 images, 10 steps x 3 epochs) on 2 CPU cores: 100 outer
     # steps of real batches of 256 (the paper: 400 epochs of batches of 1024, about 20000 steps)
-    "cpu_cifar10": dict(dataset="cifar10", arch="AlexCifarNet", parts=("fixed_10x3", "random_10x3"),
+    "cpu_cifar10": dict(dataset="cifar10", arch="AlexCifarNet", parts=("fixed_10x3", "random_10x3", "baselines"),
                         iterations={"fixed_10x3": 100, "random_10x3": 100}, decay_every=10**9, real_batch=256,
-                        num_inits=1, eval_models=20),
+                        num_inits=1, eval_models=20, baseline_sets=5, optimized_candidates=20, optimized_keep=4,
+                        val_size=5000, lr_grid=(0.01, 0.03, 0.1, 0.3)),
 }
 
 PAPER_CIFAR10 = {"fixed_10x3": 54.03, "random_10x3": "36.8 +- 1.2", "random_real": "21.3 +- 1.5",

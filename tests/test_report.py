@@ -43,6 +43,16 @@ def test_report_shows_paper_and_ours(tmp_path):
     (results / "continual_full.json").write_text(json.dumps({
         **continual, "command": "first", "preset": "cpu", "run_commands": {"dc_kd1": "python -m experiments.dc_continual"}}))
 
+    dd_random = {"part": "random_10x3", "accuracy": 35.1, "std": 1.5, "eval_models": 20, "distill_seconds": 900.0,
+                 "steps": 10, "epochs": 3, "images": 100,
+                 "provenance": {"command": "python -m experiments.dd_table --preset cpu_cifar10", "preset": "cpu_cifar10",
+                                "preset_config": {"dataset": "cifar10"}, "devices": ["cpu:0"]}}
+    (results / "dd_table_cpu_cifar10_random_10x3.json").write_text(json.dumps(dd_random))
+    dc_lenet = {"dataset": "cifar10", "arch": "AlexCifarNet", "ipc": 10, "mean": 0.371, "std": 0.008, "accs": [0.371] * 10,
+                "protocol": {"epochs": 300}, "distill_time_s": 1200.0, "eval_time_s": 80.0,
+                "command": "python -m experiments.dc_vs_dd --preset cpu"}
+    (results / "dc_vs_dd_cpu.json").write_text(json.dumps({"preset": "cpu", "seed": 0, "models": 10, "cells": [dc_lenet]}))
+
     text = report.generate(results, bench, tmp_path / "RESULTS.md", tmp_path / "plots")
 
     assert text == (tmp_path / "RESULTS.md").read_text()
@@ -57,6 +67,10 @@ def test_report_shows_paper_and_ours(tmp_path):
     mgdd_row = next(line for line in text.split("### MGDD comparison")[1].splitlines() if line.startswith("| mnist / 1 |"))
     assert "**47.5 +- 5.8** (73.1)" in mgdd_row and "10.0" not in mgdd_row  # MTT beside the paper; not its DC
     assert "150 steps in a 90.0 s budget" in text
+    dc_vs_dd = text.split("### DC Table 3")[1]
+    row = next(line for line in dc_vs_dd.splitlines() if line.startswith("| cifar10 / 10 |"))
+    assert row == "| cifar10 / 10 | **35.1 +- 1.5** (36.8 +- 1.2) | **37.1 +- 0.8** (39.1 +- 1.2) |"  # DD's run, DC's
+    assert "experiments.dc_vs_dd --preset cpu --datasets mnist --ipcs 10" in dc_vs_dd  # how to fill the rest
     continual_row = next(line for line in text.splitlines() if line.startswith("| dc | yes |"))
     assert "| 91.0 +- 1.0 | 82.0 +- 2.0 |" in continual_row  # per stage: mean +- std over the 2 models
     cite = continual_row.split("[")[1].split("]")[0]
