@@ -177,6 +177,31 @@ def test_batchnorm_networks_are_refused_for_matching():
         dc.build(models.get_model(arch, (8, 8, 1), 3, width=4, depth=1), images, labels, config)
 
 
+def test_large_image_steps_warn_only_through_scale_sensitive_networks(caplog):
+    """lr_img above the reference's 0.1 is flagged for MLP / LeNet (logits change with the images'
+    scale), not for ConvNet, whose instance norm makes its logits of 2x equal those of x."""
+    from jaxdd import models
+
+    images = jax.random.normal(jax.random.key(0), (12, 8, 8, 1))
+    convnet = models.get_model("ConvNet", (8, 8, 1), 3, width=4, depth=1)
+    x = images[:2]
+    params = convnet.init(jax.random.key(1))
+    np.testing.assert_allclose(convnet.apply(params, 2.0 * x), convnet.apply(params, x), rtol=1e-4, atol=1e-5)
+    assert not dc.warn_scale_sensitive_image_step(convnet, images, 1.0)
+    for arch in ("MLP", "LeNet"):
+        model = models.get_model(arch, (8, 8, 1), 3)
+        assert not dc.warn_scale_sensitive_image_step(model, images, dc.REFERENCE_LR_IMG)
+        with caplog.at_level("WARNING", logger="jaxdd.methods.dc"):
+            assert dc.warn_scale_sensitive_image_step(model, images, 1.0)
+        assert "lr_img 1 with a network whose output depends on the images' scale" in caplog.text
+        caplog.clear()
+    labels = jnp.arange(12, dtype=jnp.int32) % 3  # build runs the check
+    with caplog.at_level("WARNING", logger="jaxdd.methods.dc"):
+        dc.build(models.get_model("MLP", (8, 8, 1), 3), images, labels,
+                 dc.DCConfig(num_classes=3, ipc=1, iterations=1, batch_real=2, lr_img=1.0))
+    assert "the reference's lr_img is 0.1" in caplog.text
+
+
 def test_smoke_dc_on_digits_beats_random_real(digits):
     from jaxdd import coreset, distill, models
     from jaxdd.evaluate import evaluate_synset, get_protocol

@@ -26,6 +26,7 @@ gradient with its second-order synthetic gradient is the bulk of a step's memory
 
 from __future__ import annotations
 
+import logging
 from typing import Literal, NamedTuple, Optional
 
 import jax
@@ -45,6 +46,11 @@ LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: 
 
 EPS = 1e-6
 """Added to the product of norms in the cosine distances, as in the reference."""
+
+REFERENCE_LR_IMG = 0.1
+"""The reference's image step; larger ones are safe only through a network blind to the images' scale."""
+
+_log = logging.getLogger(__name__)
 
 
 def dc_loops(ipc: int, outer_loop: Optional[int] = None, inner_loop: Optional[int] = None) -> tuple[int, int]:
@@ -207,6 +213,31 @@ def check_batch_independent(model: Model, images: Array, key: Optional[PRNGKey] 
             "depend on the rest of its batch (no BatchNorm on batch statistics): use instance, group or layer "
             "norm (e.g. ConvNet, not ConvNetBN)"
         )
+
+
+def warn_scale_sensitive_image_step(model: Model, images: Array, lr_img: float, key: Optional[PRNGKey] = None) -> bool:
+    """Warns (logger ``jaxdd.methods.dc``) when ``lr_img`` exceeds the reference's 0.1 and the
+    network's output depends on the images' scale; returns whether it warned.
+
+    Through instance norm after the first convolution (ConvNet) the logits of ``2 x`` equal those
+    of ``x``, so the images' magnitude does not feed back into the matching and a large step only
+    moves them faster. Through a norm-free network (MLP, LeNet, AlexCifarNet) it does: the `cpu`
+    preset's 1.0, chosen on ConvNet, grew MNIST images to +-170 through an MLP in 150 iterations
+    (+-9 at 0.1; experiments/results/evidence/dc_cross_arch_cpu_lr_img1.md). The check compares,
+    at a random initialisation, the logits of ``images[:2]`` and of twice them.
+    """
+    if lr_img <= REFERENCE_LR_IMG:
+        return False
+    params = model.init(jax.random.key(0) if key is None else key)
+    pair = images[:2]
+    logits, doubled = model.apply(params, pair), model.apply(params, 2.0 * pair)
+    scale = float(jnp.max(jnp.abs(logits))) + 1e-6
+    if float(jnp.max(jnp.abs(doubled - logits))) <= 1e-3 * scale:
+        return False
+    _log.warning("lr_img %g with a network whose output depends on the images' scale (no normalisation after its "
+                 "first layer): steps this large can grow the images tenfold (the cpu preset's 1.0 suits ConvNet's "
+                 "instance norm); the reference's lr_img is %g", lr_img, REFERENCE_LR_IMG)
+    return True
 
 
 def class_loss(model: Model, params: Params, images: Array, label: Array) -> Array:
@@ -475,6 +506,7 @@ def build(model: Model, images: Array, labels: Array, config: DCConfig) -> Itera
     check_class_chunk(config)
     real = group_by_class(images, labels, config.num_classes)
     check_batch_independent(model, real.images[real.index[:2, 0]])
+    warn_scale_sensitive_image_step(model, real.images[real.index[:2, 0]], config.lr_img)
     smallest = min_class_count(real)
     if config.batch_real > smallest:
         config = config._replace(batch_real=smallest)
@@ -542,4 +574,5 @@ __all__ = [
     "run_config",
     "to_synset",
     "train_network",
+    "warn_scale_sensitive_image_step",
 ]
