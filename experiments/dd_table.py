@@ -15,8 +15,11 @@ Usage::
     python -m experiments.dd_table --preset cpu --data-dir /work/shared/data --part fixed_1x3
     python -m experiments.dd_table --preset cpu_cifar10 --data-dir /work/shared/data   # DD's CIFAR-10 rows
     python -m experiments.dd_table --report        # markdown table from the saved JSON files
+    # the same part at another outer-step budget: evidence of what the budget costs, not a cell
+    python -m experiments.dd_table --preset cpu_cifar10 --part fixed_10x3 --iterations 400 --data-dir DATA
 
-Results: ``experiments/results/dd_table_<preset>_<part>.json`` and ``dd_table_<preset>.md``.
+Results: ``experiments/results/dd_table_<preset>_<part>.json`` and ``dd_table_<preset>.md``; with
+``--iterations N``, ``experiments/results/evidence/dd_table_<preset>_<part>_steps<N>.json``.
 """
 
 from __future__ import annotations
@@ -89,7 +92,9 @@ def run_dd(ds, info, model, preset: dict, preset_name: str, init: str, steps: in
     options = {"init": init, "steps": steps, "epochs": epochs, "real_batch": preset["real_batch"],
                "num_inits": preset["num_inits"]}
     if iterations is not None:
-        options.update(iterations=iterations, decay_every=preset["decay_every"])
+        options["iterations"] = iterations
+    if preset["decay_every"] is not None:
+        options["decay_every"] = preset["decay_every"]
     options.update(extra_options or {})
     spec = get_method("dd")
     dd_preset = "paper" if preset_name == "paper" else "cpu"
@@ -122,11 +127,13 @@ def pct(x: float) -> float:
     return round(100.0 * float(x), 2)
 
 
-def dd_part(part: str, preset_name: str, data_dir, seed: int) -> dict:
+def dd_part(part: str, preset_name: str, data_dir, seed: int, iterations=None) -> dict:
+    """One DD row: distil with the preset (``iterations`` outer steps if given), then test."""
     preset = PRESETS[preset_name]
     ds, info, model = setup(preset, data_dir)
     init, steps, epochs, ipc = RUNS[part]
-    iterations = None if preset["iterations"] is None else preset["iterations"][part]
+    if iterations is None and preset["iterations"] is not None:
+        iterations = preset["iterations"][part]
     method, state, seconds = run_dd(ds, info, model, preset, preset_name, init, steps, epochs, ipc, iterations, seed)
     synset = method.to_synset(state)
     protocol = get_protocol("dd")
@@ -276,20 +283,28 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", action="store_true", help="only write the markdown table")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="outer steps instead of the preset's (written under results/evidence/, not the table)")
     args = parser.parse_args(argv)
+    if args.iterations is not None and (args.iterations < 1 or args.part in ("all", "baselines")):
+        parser.error("--iterations takes a positive count and one distillation --part")
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.report:
         for part in (PRESETS[args.preset].get("parts", PARTS) if args.part == "all" else (args.part,)):
             result = baselines_part(args.preset, args.data_dir, args.seed) if part == "baselines" else \
-                dd_part(part, args.preset, args.data_dir, args.seed)
+                dd_part(part, args.preset, args.data_dir, args.seed, args.iterations)
             result["provenance"] = provenance(args)
             path = RESULTS / f"dd_table_{args.preset}_{part}.json"
+            if args.iterations is not None:
+                path = RESULTS / "evidence" / f"dd_table_{args.preset}_{part}_steps{args.iterations}.json"
+                path.parent.mkdir(exist_ok=True)
             path.write_text(json.dumps(result, indent=1, default=str))
             print(json.dumps({k: v for k, v in result.items() if k not in ("per_model", "config", "protocol",
                                                                           "provenance")}, default=str))
-    table = report(args.preset)
-    (RESULTS / f"dd_table_{args.preset}.md").write_text(table)
-    print(table)
+    if args.iterations is None:  # the table holds the preset's runs only
+        table = report(args.preset)
+        (RESULTS / f"dd_table_{args.preset}.md").write_text(table)
+        print(table)
     return 0
 
 
