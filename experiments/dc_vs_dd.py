@@ -54,8 +54,9 @@ def markdown(record: dict) -> str:
     cells = record["cells"]
     lines = [f"# DC against DD on DD's architectures (DC Table 3), preset `{record['preset']}`", "",
              *commands_markdown(cells), "",
-             f"DC's test accuracy in % over {record['models']} models per cell; the paper's DD column is "
-             "experiments/dd_table.py's random-initialisation run (see RESULTS.md).", "",
+             f"DC's test accuracy in % over {record['models']} models per cell. DD (paper) is DD's random-init number; "
+             "jaxdd's own DD run is experiments/dd_table.py's random_10x3 part (RESULTS.md sets the two side by side).",
+             "",
              "| dataset | network | img/cls | DC (ours) | DC (paper) | DD (paper) | distillation s |",
              "|---|---|---|---|---|---|---|"]
     for c in cells:
