@@ -46,6 +46,22 @@ def resumed_cells(previous: dict, key: Callable[[dict], tuple] = lambda c: (c["d
     return {key(c): {"command": previous.get("command"), **c} for c in previous.get("cells", [])}
 
 
+def resumed_file_cells(path: Path, seed: int, num_models: int, key: Callable[[dict], tuple]) -> dict[tuple, dict]:
+    """:func:`resumed_cells` of the results file ``path`` (none if it does not exist), refusing a
+    file run with another seed or number of evaluation models (its cells would not be this run's).
+
+    Raises:
+        SystemExit: one line naming the file's seed and models.
+    """
+    if not path.is_file():
+        return {}
+    previous = json.loads(path.read_text())
+    if (previous["seed"], previous["models"]) != (seed, num_models):
+        raise SystemExit(f"--resume: {path} has seed {previous['seed']} and {previous['models']} models per cell, "
+                         f"not {seed} and {num_models}; run without --resume to replace it")
+    return resumed_cells(previous, key=key)
+
+
 def commands_markdown(cells: list[dict]) -> list[str]:
     """The commands that ran the cells, in order of first use: one line, or a list after resumed runs."""
     commands = list(dict.fromkeys(c["command"] for c in cells if c.get("command")))

@@ -14,12 +14,11 @@ trained on the set under the 'dc' protocol (K fresh models each). Writes
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import jax
 
-from experiments.common import RESULTS, command_line, commands_markdown, pct, resumed_cells, write_json
+from experiments.common import RESULTS, command_line, commands_markdown, pct, resumed_file_cells, write_json
 from jaxdd import data, distill, evaluate, models
 from jaxdd.methods import DistillRequest, config_to_dict, get_method, resolve_config
 
@@ -60,13 +59,7 @@ def resumed_cross_cells(path, seed: int, num_models: int) -> dict[tuple[str, str
     Row ``i`` of ``--condense`` is distilled with key ``fold_in(seed, i)``, so keep the rows
     already in the file first and in their order: a kept cell is then the one a single run
     would produce."""
-    if not path.is_file():
-        return {}
-    previous = json.loads(path.read_text())
-    if (previous["seed"], previous["models"]) != (seed, num_models):
-        raise SystemExit(f"--resume: {path} has seed {previous['seed']} and {previous['models']} models per cell, "
-                         f"not {seed} and {num_models}; run without --resume to replace it")
-    return resumed_cells(previous, key=lambda c: (c["condensed_with"], c["evaluated_on"]))
+    return resumed_file_cells(path, seed, num_models, key=lambda c: (c["condensed_with"], c["evaluated_on"]))
 
 
 def main() -> None:

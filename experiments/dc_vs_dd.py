@@ -16,12 +16,11 @@ keeps the cells already there).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import jax
 
-from experiments.common import RESULTS, command_line, commands_markdown, pct, resumed_cells, write_json
+from experiments.common import RESULTS, command_line, commands_markdown, pct, resumed_file_cells, write_json
 from jaxdd import data, distill, evaluate, models
 from jaxdd.methods import DistillRequest, config_to_dict, get_method, resolve_config
 
@@ -79,12 +78,8 @@ def main() -> None:
     preset = PRESETS[args.preset]
     num_models = args.models or preset["models"]
     name = f"dc_vs_dd_{args.preset}"
-    path = RESULTS / f"{name}.json"
-    previous = json.loads(path.read_text()) if args.resume and path.is_file() else {}
-    if previous and (previous["seed"], previous["models"]) != (args.seed, num_models):
-        raise SystemExit(f"--resume: {path} has seed {previous['seed']} and {previous['models']} models per cell, "
-                         f"not {args.seed} and {num_models}; run without --resume to replace it")
-    cells = resumed_cells(previous, key=lambda c: (c["dataset"], c["ipc"]))
+    cells = resumed_file_cells(RESULTS / f"{name}.json", args.seed, num_models,
+                               key=lambda c: (c["dataset"], c["ipc"])) if args.resume else {}
     key = jax.random.key(args.seed)
     spec = get_method("dc")
 
