@@ -16,7 +16,7 @@ Usage::
     python -m experiments.dd_table --preset cpu_cifar10 --data-dir /work/shared/data   # DD's CIFAR-10 rows
     python -m experiments.dd_table --report        # markdown table from the saved JSON files
     # the same part at another outer-step budget: evidence of what the budget costs, not a cell
-    python -m experiments.dd_table --preset cpu_cifar10 --part fixed_10x3 --iterations 400 --data-dir DATA
+    python -m experiments.dd_table --preset cpu_cifar10 --part fixed_10x3 --iterations 300 --data-dir DATA
 
 Results: ``experiments/results/dd_table_<preset>_<part>.json`` and ``dd_table_<preset>.md``; with
 ``--iterations N``, ``experiments/results/evidence/dd_table_<preset>_<part>_steps<N>.json``.
