@@ -18,7 +18,9 @@ The distillation never sees ``HOLDOUT_PER_CLASS`` training images of every class
 run the set is tested on those held-out *training* images (fewer models than the final test): the
 accuracy-against-iterations curve. Nothing is ever selected: the final set is the last iterate, and
 the test set is used once, for the final number. A cell killed anywhere continues bit-exactly with
-``--resume`` (the driver's step keys are ``fold_in(loop_key, step)``; finished curve points are kept).
+``--resume`` (the driver's step keys are ``fold_in(loop_key, step)``; finished curve points are kept);
+``--stop-after MINUTES`` stops it cleanly at the first checkpoint after that much wall time, so that a
+cell longer than a session can be carried on in a committed ``--runs-dir`` (docs/paper_cells.md).
 
 Results: ``experiments/results/paper_cells.json`` (per cell: protocol, config, seeds, per-model
 accuracies, wall times, the command, the paper's number and whether ours is inside its error bar,
@@ -29,6 +31,8 @@ on the 8x8 digits with tiny budgets (``paper_cells_smoke.*``, ``runs/paper_cells
 
     nice -n 10 python -m experiments.paper_cells --smoke
     flock /tmp/heavy.lock nice -n 5 python -m experiments.paper_cells --cells dc_mnist_1 --resume --data-dir DATA
+    nice -n 5 python -m experiments.paper_cells --cells dd_fixed_10x3 --resume --stop-after 150 \
+        --runs-dir experiments/checkpoints/paper_cells --data-dir DATA
     nice -n 10 python -m experiments.paper_cells --time 5 --data-dir DATA
 """
 
@@ -66,7 +70,7 @@ class Cell(NamedTuple):
         curve_models: networks per point of the held-out curve.
         paper: (mean, std or None) in %, or None where the paper reports no number.
         source: where the paper's number is.
-        checkpoint_every: outer iterations between checkpoints.
+        checkpoint_every: outer iterations between checkpoints (about 3 minutes of a 2-core CPU each).
     """
 
     method: str
@@ -91,7 +95,7 @@ CELLS: dict[str, Cell] = {
     "dc_mnist_1": Cell("dc", "mnist", "ConvNet", 1, {}, 20, 2, (91.7, 0.5), "DC Table 1", 20),
     "dc_fashion_mnist_1": Cell("dc", "fashion_mnist", "ConvNet", 1, {}, 20, 2, (70.5, 0.6), "DC Table 1", 20),
     "dsa_mnist_1": Cell("dsa", "mnist", "ConvNet", 1, {}, 20, 2, (88.7, None), "DSA Table 1", 20),
-    "dm_mnist_1": Cell("dm", "mnist", "ConvNet", 1, {}, 20, 2, None, "the DM paper reports no MNIST number", 500),
+    "dm_mnist_1": Cell("dm", "mnist", "ConvNet", 1, {}, 20, 2, None, "the DM paper reports no MNIST number", 50),
 }
 """The issue's cells (``paper_cells_cost.md`` gives their cost on a 2-core CPU: run the cheapest first)."""
 
@@ -204,7 +208,7 @@ def curve_steps(num_steps: int, fractions: tuple) -> list[int]:
 
 def run_cell(name: str, cell: Cell, args) -> Optional[dict]:
     """Distils (resumable, in segments ending at the curve points), draws the curve, tests; returns the
-    record (None when ``args.stop_at`` stopped the distillation first)."""
+    record (None when ``args.stop_at`` or ``args.deadline`` stopped the distillation first)."""
     smoke = args.smoke
     folder = Path(args.runs_dir) / name
     progress_path = folder / "progress.json"
@@ -233,21 +237,37 @@ def run_cell(name: str, cell: Cell, args) -> Optional[dict]:
     every = SMOKE["checkpoint_every"] if smoke else cell.checkpoint_every
 
     def advance(to: int):
-        started = time.perf_counter()
-        reached = distill.run(method, distill_key, checkpoint_dir=folder, resume=True, stop_at=to,
-                              checkpoint_every=every, identity=setup.identity, progress=args.progress)
-        jax.block_until_ready(reached)
-        progress["distill_seconds"] += time.perf_counter() - started
-        save_progress()
-        return reached
+        """Distils up to outer iteration ``to`` and returns the state; with ``args.deadline``, in
+        segments ending at checkpoints, returning None at the first one reached after the deadline."""
+        while True:
+            at = checkpoint_step(checkpoint)
+            end = to if args.deadline is None else min(to, (at // every + 1) * every)
+            started = time.perf_counter()
+            reached = distill.run(method, distill_key, checkpoint_dir=folder, resume=True, stop_at=end,
+                                  checkpoint_every=every, identity=setup.identity, progress=args.progress)
+            jax.block_until_ready(reached)
+            progress["distill_seconds"] += time.perf_counter() - started
+            save_progress()
+            if end == to:
+                return reached
+            if time.monotonic() >= args.deadline:
+                return None
+
+    def stopped(at: int, why: str) -> None:
+        print(f"{name}: stopped at outer iteration {at} ({why}; continue with --resume)", flush=True)
 
     state = None
     for stop in curve_steps(method.num_steps, SMOKE["curve_at"] if smoke else CURVE_AT):
         if args.stop_at is not None and stop > args.stop_at:
-            advance(args.stop_at)
-            print(f"{name}: stopped at outer iteration {args.stop_at} (continue with --resume)", flush=True)
+            if advance(args.stop_at) is None:
+                stopped(checkpoint_step(checkpoint), f"--stop-after {args.stop_after:g} min")
+            else:
+                stopped(args.stop_at, "--stop-at")
             return None
         state = advance(stop)
+        if state is None:
+            stopped(checkpoint_step(checkpoint), f"--stop-after {args.stop_after:g} min")
+            return None
         if stop not in done:
             if checkpoint_step(checkpoint) != stop:
                 raise SystemExit(f"{checkpoint} is past curve point {stop} that was never measured; use --overwrite")
@@ -407,6 +427,9 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="start the cells over")
     parser.add_argument("--stop-at", type=int, default=None, metavar="N",
                         help="stop each cell after N outer iterations, as if killed there (continue with --resume)")
+    parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
+                        help="stop at the first checkpoint after this much wall time, its time kept (continue "
+                             "with --resume); later cells do not start")
     parser.add_argument("--time", type=int, default=0, metavar="N", help="only time N outer iterations per cell")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
@@ -417,6 +440,9 @@ def main(argv: Optional[list] = None) -> int:
     unknown = [n for n in names if n not in CELLS]
     if unknown:
         parser.error(f"unknown cells {', '.join(unknown)}; known: {', '.join(CELLS)}")
+    if args.stop_after is not None and (args.stop_after < 0 or args.time):
+        parser.error("--stop-after takes minutes >= 0 and applies to runs, not to --time")
+    args.deadline = None if args.stop_after is None else time.monotonic() + 60 * args.stop_after
     suffix = "_smoke" if args.smoke else ""
     args.runs_dir = args.runs_dir or str(ROOT / "runs" / f"paper_cells{suffix}")
     if args.time:
@@ -431,6 +457,8 @@ def main(argv: Optional[list] = None) -> int:
     for name in names:
         result = run_cell(name, CELLS[name], args)
         if result is None:
+            if args.deadline is not None and time.monotonic() >= args.deadline:
+                break
             continue
         cells[name] = result
         record = {"preset": "smoke" if args.smoke else "paper", "seed": args.seed,

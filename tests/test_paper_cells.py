@@ -46,6 +46,25 @@ def test_stopped_and_resumed_cell_equals_uninterrupted(tmp_path, monkeypatch):
     assert all(np.array_equal(a[k], b[k]) for k in a if k.startswith(("leaf_", "key_")))
 
 
+def test_stop_after_ends_at_a_checkpoint_and_resumes_to_the_same_cell(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    assert _run(tmp_path / "a") == 0
+    whole = json.loads((tmp_path / "paper_cells_smoke.json").read_text())["cells"][0]
+    (tmp_path / "paper_cells_smoke.json").unlink()
+    # a deadline already passed: the curve's step 0, then one segment to the first checkpoint (step 2 of 4)
+    assert _run(tmp_path / "b", "--stop-after", "0") == 0
+    assert not (tmp_path / "paper_cells_smoke.json").exists()
+    folder = tmp_path / "b" / "runs" / "dd_fixed_1x3"
+    assert paper_cells.checkpoint_step(folder / "checkpoint.npz") == 2
+    progress = json.loads((folder / "progress.json").read_text())
+    assert [p["step"] for p in progress["curve"]] == [0] and progress["distill_seconds"] > 0
+    assert _run(tmp_path / "b", "--resume") == 0
+    resumed = json.loads((tmp_path / "paper_cells_smoke.json").read_text())["cells"][0]
+    assert resumed["accs"] == whole["accs"] and resumed["curve"] == whole["curve"]
+    assert resumed["wall_s"]["distill"] >= progress["distill_seconds"]  # the stopped segment's time is kept
+    with pytest.raises(SystemExit):
+        paper_cells.main(["--smoke", "--stop-after", "-1"])
+
 def test_verdict_uses_the_error_bar_or_one_point():
     assert paper_cells.verdict(91.3, (91.7, 0.5))["inside"] is True
     assert paper_cells.verdict(91.1, (91.7, 0.5))["inside"] is False
