@@ -21,6 +21,8 @@ the test set is used once, for the final number. A cell killed anywhere continue
 ``--resume`` (the driver's step keys are ``fold_in(loop_key, step)``; finished curve points are kept);
 ``--stop-after MINUTES`` stops it cleanly at the first checkpoint after that much wall time, so that a
 cell longer than a session can be carried on in a committed ``--runs-dir`` (docs/paper_cells.md).
+``--seed N`` records another run of a cell beside the others (checkpoints in ``<cell>_seed<N>/``);
+a cell with two or more seeds also gets its models pooled over the seeds (``over_seeds``).
 
 Results: ``experiments/results/paper_cells.json`` (per cell: protocol, config, seeds, per-model
 accuracies, wall times, the command, the paper's number and whether ours is inside its error bar,
@@ -206,11 +208,40 @@ def curve_steps(num_steps: int, fractions: tuple) -> list[int]:
     return sorted({int(round(f * num_steps)) for f in fractions})
 
 
+def run_folder(name: str, seed: int) -> str:
+    """A cell's checkpoint folder: ``<cell>`` for seed 0, ``<cell>_seed<N>`` for another seed."""
+    return name if seed == 0 else f"{name}_seed{seed}"
+
+
+def cell_seed(record: dict) -> int:
+    return int(record["seeds"]["seed"])
+
+
+def over_seeds(runs: dict, smoke: bool) -> list[dict]:
+    """Every cell recorded from two or more seeds, its models pooled over the seeds.
+
+    ``runs`` maps ``(cell, seed)`` to a record. For a fixed-init DD cell (one theta_0 a seed) the pooled
+    mean +- std is the spread over theta_0 draws, which one run cannot show; the verdict is the pooled
+    mean's against the paper's number.
+    """
+    pooled = []
+    for name, cell in CELLS.items():
+        records = [runs[key] for key in sorted(runs) if key[0] == name]
+        if len(records) < 2:
+            continue
+        accs = [a for r in records for a in r["accs"]]
+        mean = float(np.mean(accs))
+        pooled.append({"cell": name, "seeds": [cell_seed(r) for r in records], "models": len(accs),
+                       "mean": round(mean, 2), "std": round(float(np.std(accs)), 2),
+                       "paper": format_paper(cell.paper), "verdict": verdict(mean, None if smoke else cell.paper)})
+    return pooled
+
+
 def run_cell(name: str, cell: Cell, args) -> Optional[dict]:
     """Distils (resumable, in segments ending at the curve points), draws the curve, tests; returns the
     record (None when ``args.stop_at`` or ``args.deadline`` stopped the distillation first)."""
     smoke = args.smoke
-    folder = Path(args.runs_dir) / name
+    folder = Path(args.runs_dir) / run_folder(name, args.seed)
     progress_path = folder / "progress.json"
     checkpoint = folder / distill.CHECKPOINT_FILE
     if checkpoint.exists() and not args.resume:
@@ -309,12 +340,16 @@ def run_cell(name: str, cell: Cell, args) -> Optional[dict]:
                    "eval": round(eval_seconds, 1)},
         "wall_note": "distillation seconds summed over completed segments (a killed segment's time is lost); "
                      "includes compilation",
-        "command": common.command_line(), "checkpoint": str(checkpoint),
+        "command": common.command_line(),
+        "checkpoint": str(checkpoint.relative_to(ROOT) if checkpoint.is_relative_to(ROOT) else checkpoint),
         "finite": bool(jnp.all(jnp.isfinite(method.to_synset(state).images))),
     }
     print(f"{name}: test {common.pct(result.mean, result.std)} % over {num_models} model(s), paper "
           f"{format_paper(cell.paper)}: {record['verdict']}", flush=True)
     return record
+
+
+INSIDE = {True: "yes", False: "no", None: "-"}
 
 
 def markdown(record: dict) -> str:
@@ -323,15 +358,21 @@ def markdown(record: dict) -> str:
              "Test accuracy in % (mean +- population std over the models; DD fixed init: its one theta_0). "
              "'inside': inside the paper's mean +- std, or within 1 point where the paper gives no std. "
              "Curve: accuracy on held-out *training* images at fractions of the outer iterations.", "",
-             "| cell | ours | models | paper | inside | curve (step: %) | distill / eval wall |",
-             "|---|---|---|---|---|---|---|"]
+             "| cell | seed | ours | models | paper | inside | curve (step: %) | distill / eval wall |",
+             "|---|---|---|---|---|---|---|---|"]
     commands = []
     for c in record["cells"]:
-        inside = {True: "yes", False: "no", None: "-"}[c["verdict"]["inside"]]
         curve = ", ".join(f"{p['step']}: {p['mean']:.1f}" for p in c["curve"])
-        lines.append(f"| {c['cell']} | {c['mean']:.2f} +- {c['std']:.2f} | {c['models']} | {c['paper']} | {inside} | "
-                     f"{curve} | {c['wall_s']['distill']:.0f} s / {c['wall_s']['eval']:.0f} s |")
-        commands.append(f"- `{c['cell']}`: `{c['command']}`")
+        lines.append(f"| {c['cell']} | {cell_seed(c)} | {c['mean']:.2f} +- {c['std']:.2f} | {c['models']} | "
+                     f"{c['paper']} | {INSIDE[c['verdict']['inside']]} | {curve} | "
+                     f"{c['wall_s']['distill']:.0f} s / {c['wall_s']['eval']:.0f} s |")
+        commands.append(f"- `{c['cell']}`, seed {cell_seed(c)}: `{c['command']}`")
+    pooled = record.get("over_seeds", [])
+    if pooled:
+        lines += ["", "Over seeds (the models of every seed pooled; DD fixed init: the spread over theta_0 draws):", "",
+                  "| cell | seeds | ours | models | paper | inside |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c['cell']} | {', '.join(map(str, c['seeds']))} | {c['mean']:.2f} +- {c['std']:.2f} | "
+                  f"{c['models']} | {c['paper']} | {INSIDE[c['verdict']['inside']]} |" for c in pooled]
     return "\n".join(lines + ["", "Commands:", ""] + commands + [""])
 
 
@@ -453,16 +494,18 @@ def main(argv: Optional[list] = None) -> int:
         return 0
     stem = f"paper_cells{suffix}"
     previous = load(common.RESULTS / f"{stem}.json")
-    cells = {c["cell"]: c for c in previous.get("cells", [])}
+    runs = {(c["cell"], cell_seed(c)): c for c in previous.get("cells", []) if c["cell"] in CELLS}
+    order = list(CELLS)
     for name in names:
         result = run_cell(name, CELLS[name], args)
         if result is None:
             if args.deadline is not None and time.monotonic() >= args.deadline:
                 break
             continue
-        cells[name] = result
-        record = {"preset": "smoke" if args.smoke else "paper", "seed": args.seed,
-                  "cells": [cells[n] for n in CELLS if n in cells]}
+        runs[(name, args.seed)] = result
+        record = {"preset": "smoke" if args.smoke else "paper",
+                  "cells": [runs[k] for k in sorted(runs, key=lambda k: (order.index(k[0]), k[1]))],
+                  "over_seeds": over_seeds(runs, args.smoke)}
         common.write_json(stem, record)
         (common.RESULTS / f"{stem}.md").write_text(markdown(record))
     return 0

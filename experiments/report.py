@@ -39,7 +39,8 @@ class Ours(NamedTuple):
     std: Optional[float]
     models: Optional[int]
     preset: Optional[str]
-    seed: Optional[int]
+    seed: Optional[int | str]
+    """The run's seed, or the seeds a pooled measurement spans ("0, 1")."""
     device: str
     wall: dict
     command: str
@@ -384,15 +385,29 @@ def paper_cell_key(cell: dict) -> tuple:
     return ("dc", cell["dataset"], int(cell["ipc"]), cell["method"])
 
 
+def _paper_cell_seed(cell: dict, record: dict):
+    return cell.get("seeds", {}).get("seed", record.get("seed"))
+
+
 def load_paper_cells(record: dict, source: str) -> Iterator[tuple[tuple, Ours]]:
-    """``paper_cells.json`` (experiments/paper_cells.py): the headline cells at the papers' protocols."""
+    """``paper_cells.json`` (experiments/paper_cells.py): the headline cells at the papers' protocols.
+
+    A cell run from several seeds counts once, as its pooled models (``over_seeds``), wall times summed.
+    """
+    pooled = {c["cell"]: c for c in record.get("over_seeds", [])}
+    runs: dict[str, list[dict]] = {}
     for cell in record.get("cells", []):
-        protocol = cell.get("protocol", {})
+        runs.setdefault(cell["cell"], []).append(cell)
+    for name, cells in runs.items():
+        first, wall_s = cells[0], [c.get("wall_s", {}) for c in cells]
+        protocol = first.get("protocol", {})
         detail = f"protocol `{record.get('preset')}`; eval '{protocol.get('name', '?')}', " \
-                 f"{protocol.get('epochs', '?')} epochs; {cell.get('verdict', {}).get('rule', '')}"
-        yield paper_cell_key(cell), _ours(cell, record, source,
-                                          {k: cell.get("wall_s", {}).get(k) for k in ("distill", "eval")},
-                                          percent=True, detail=detail)
+                 f"{protocol.get('epochs', '?')} epochs; {first.get('verdict', {}).get('rule', '')}"
+        wall = {k: sum(w[k] for w in wall_s) if all(w.get(k) is not None for w in wall_s) else None
+                for k in ("distill", "eval")}
+        entry = {**first, **pooled[name]} if name in pooled else first
+        seed = ", ".join(map(str, pooled[name]["seeds"])) if name in pooled else _paper_cell_seed(first, record)
+        yield paper_cell_key(first), _ours(entry, record, source, wall, percent=True, detail=detail)._replace(seed=seed)
 
 
 def paper_cells_markdown(results_dir: Path, commands: Commands) -> list[str]:
@@ -401,21 +416,31 @@ def paper_cells_markdown(results_dir: Path, commands: Commands) -> list[str]:
     if not path.exists():
         return []
     try:
-        cells = json.loads(path.read_text()).get("cells", [])
+        record = json.loads(path.read_text())
     except ValueError:
         return []
     lines = ["## Headline cells at the papers' protocols (`paper`)", "",
              "Each method's `paper` preset unchanged, evaluated under its paper's protocol "
              "(experiments/paper_cells.py; curves against outer iterations in paper_cells.md). "
              "These come before the `cpu` runs of the same cells in the tables below.", "",
-             "| cell | ours | paper | inside the paper's bar | models | wall time | command |",
-             "|---|---|---|---|---|---|---|"]
-    for cell in cells:
-        inside = {True: "yes", False: "no"}.get(cell.get("verdict", {}).get("inside"), "-")
+             "| cell | seed | ours | paper | inside the paper's bar | models | wall time | command |",
+             "|---|---|---|---|---|---|---|---|"]
+    for cell in record.get("cells", []):
         wall = _fmt_wall({k: float(v) for k, v in cell.get("wall_s", {}).items() if v is not None})
-        lines.append(f"| {cell['cell']} | **{cell['mean']:.1f} +- {cell['std']:.1f}** | {cell.get('paper', '-')} | "
-                     f"{inside} | {cell.get('models', '-')} | {wall} | [{commands.cite(cell.get('command', '?'))}] |")
+        lines.append(f"| {cell['cell']} | {_paper_cell_seed(cell, record)} | {_fmt_pct(cell)} | {cell.get('paper', '-')} | "
+                     f"{_inside(cell)} | {cell.get('models', '-')} | {wall} | [{commands.cite(cell.get('command', '?'))}] |")
+    for cell in record.get("over_seeds", []):
+        lines.append(f"| {cell['cell']}, pooled | {', '.join(map(str, cell['seeds']))} | {_fmt_pct(cell)} | "
+                     f"{cell.get('paper', '-')} | {_inside(cell)} | {cell.get('models', '-')} | - | - |")
     return lines + [""]
+
+
+def _fmt_pct(cell: dict) -> str:
+    return f"**{cell['mean']:.1f} +- {cell['std']:.1f}**"
+
+
+def _inside(cell: dict) -> str:
+    return {True: "yes", False: "no"}.get(cell.get("verdict", {}).get("inside"), "-")
 
 
 LOADERS: dict[str, Callable[[dict, str], Iterator[tuple[tuple, Ours]]]] = {

@@ -65,6 +65,24 @@ def test_stop_after_ends_at_a_checkpoint_and_resumes_to_the_same_cell(tmp_path, 
     with pytest.raises(SystemExit):
         paper_cells.main(["--smoke", "--stop-after", "-1"])
 
+def test_a_second_seed_is_recorded_beside_the_first_and_pooled(tmp_path, monkeypatch):
+    from experiments import report
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    assert _run(tmp_path) == 0 and _run(tmp_path, "--seed", "1") == 0
+    record = json.loads((tmp_path / "paper_cells_smoke.json").read_text())
+    assert [(c["cell"], c["seeds"]["seed"]) for c in record["cells"]] == [("dd_fixed_1x3", 0), ("dd_fixed_1x3", 1)]
+    assert (tmp_path / "runs" / "dd_fixed_1x3_seed1" / "checkpoint.npz").exists()  # its own checkpoint
+    accs = [a for c in record["cells"] for a in c["accs"]]
+    (pooled,) = record["over_seeds"]
+    assert pooled["seeds"] == [0, 1] and pooled["models"] == len(accs) == 2
+    assert pooled["mean"] == pytest.approx(np.mean(accs), abs=0.01)
+    assert pooled["std"] == pytest.approx(np.std(accs), abs=0.01)  # the spread over the two theta_0 draws
+    assert "Over seeds" in (tmp_path / "paper_cells_smoke.md").read_text()
+    ((_, ours),) = report.load_paper_cells(record, "paper_cells_smoke.json")  # the table counts the cell once
+    assert ours.models == 2 and ours.seed == "0, 1" and ours.mean == pytest.approx(pooled["mean"])
+
+
 def test_verdict_uses_the_error_bar_or_one_point():
     assert paper_cells.verdict(91.3, (91.7, 0.5))["inside"] is True
     assert paper_cells.verdict(91.1, (91.7, 0.5))["inside"] is False
@@ -89,7 +107,7 @@ def test_report_puts_paper_cells_first(tmp_path):
     (results / "paper_cells.json").write_text(json.dumps({"preset": "paper", "seed": 0, "cells": [cell]}))
     text = report.generate(results, tmp_path / "bench", tmp_path / "RESULTS.md", tmp_path / "plots")
     assert text.index("## Headline cells at the papers' protocols") < text.index("## The seed papers' tables")
-    assert "| dc_mnist_1 | **91.0 +- 0.0** | 91.7 +- 0.5 | no | 20 |" in text
+    assert "| dc_mnist_1 | 0 | **91.0 +- 0.0** | 91.7 +- 0.5 | no | 20 |" in text
     grid_row = next(line for line in text.splitlines() if line.startswith("| mnist / 1 |"))
     assert "**91.0** (91.7 +- 0.5)" in grid_row  # the paper-protocol run wins the cell over the cpu one
     detail = next(line for line in text.splitlines() if line.startswith("| mnist / 1 / dc |"))
