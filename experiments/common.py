@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import shlex
 import sys
@@ -23,7 +24,9 @@ def command_line() -> str:
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "python": platform.python_version(), "devices": [str(d) for d in jax.devices()]}
+    """Where a result was measured: platform, Python, the JAX devices, their kind and the CPU count."""
+    return {"platform": platform.platform(), "python": platform.python_version(), "devices": [str(d) for d in jax.devices()],
+            "device_kind": jax.devices()[0].device_kind, "cpu_count": os.cpu_count()}
 
 
 def write_json(name: str, record: dict) -> Path:

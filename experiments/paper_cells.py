@@ -340,7 +340,7 @@ def run_cell(name: str, cell: Cell, args) -> Optional[dict]:
                    "eval": round(eval_seconds, 1)},
         "wall_note": "distillation seconds summed over completed segments (a killed segment's time is lost); "
                      "includes compilation",
-        "command": common.command_line(),
+        "command": common.command_line(), "machine": common.machine(),
         "checkpoint": str(checkpoint.relative_to(ROOT) if checkpoint.is_relative_to(ROOT) else checkpoint),
         "finite": bool(jnp.all(jnp.isfinite(method.to_synset(state).images))),
     }
@@ -352,20 +352,29 @@ def run_cell(name: str, cell: Cell, args) -> Optional[dict]:
 INSIDE = {True: "yes", False: "no", None: "-"}
 
 
+def device_name(cell: dict) -> str:
+    """The device a cell ran on, from its ``machine`` record (cells recorded before it have none)."""
+    machine = cell.get("machine")
+    if machine is None:
+        return "not recorded per cell"
+    kind = machine["device_kind"]
+    return f"{kind}, {machine['cpu_count']} cores" if kind == "cpu" else kind
+
+
 def markdown(record: dict) -> str:
     """The cells as a table: ours, the paper, the verdict, wall times, commands."""
     lines = [f"# Headline cells, protocol `{record['preset']}`", "",
              "Test accuracy in % (mean +- population std over the models; DD fixed init: its one theta_0). "
              "'inside': inside the paper's mean +- std, or within 1 point where the paper gives no std. "
              "Curve: accuracy on held-out *training* images at fractions of the outer iterations.", "",
-             "| cell | seed | ours | models | paper | inside | curve (step: %) | distill / eval wall |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| cell | seed | ours | models | paper | inside | curve (step: %) | distill / eval wall | device |",
+             "|---|---|---|---|---|---|---|---|---|"]
     commands = []
     for c in record["cells"]:
         curve = ", ".join(f"{p['step']}: {p['mean']:.1f}" for p in c["curve"])
         lines.append(f"| {c['cell']} | {cell_seed(c)} | {c['mean']:.2f} +- {c['std']:.2f} | {c['models']} | "
                      f"{c['paper']} | {INSIDE[c['verdict']['inside']]} | {curve} | "
-                     f"{c['wall_s']['distill']:.0f} s / {c['wall_s']['eval']:.0f} s |")
+                     f"{c['wall_s']['distill']:.0f} s / {c['wall_s']['eval']:.0f} s | {device_name(c)} |")
         commands.append(f"- `{c['cell']}`, seed {cell_seed(c)}: `{c['command']}`")
     pooled = record.get("over_seeds", [])
     if pooled:

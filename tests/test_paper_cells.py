@@ -27,7 +27,9 @@ def test_smoke_cell_end_to_end(tmp_path, monkeypatch):
     assert cell["verdict"]["inside"] is None and cell["paper"] == "93.76" and cell["accuracy_before"] is not None
     assert set(cell["wall_s"]) == {"distill", "curve", "eval"} and cell["command"].startswith("python -m experiments.")
     assert cell["finite"] and (tmp_path / "runs" / "dd_fixed_1x3" / "checkpoint.npz").exists()
-    assert "| dd_fixed_1x3 |" in (tmp_path / "paper_cells_smoke.md").read_text()
+    assert cell["machine"]["device_kind"] == "cpu" and cell["machine"]["cpu_count"] >= 1  # each cell names its device
+    table = (tmp_path / "paper_cells_smoke.md").read_text()
+    assert "| dd_fixed_1x3 |" in table and f"| cpu, {cell['machine']['cpu_count']} cores |" in table
     with pytest.raises(SystemExit, match="--resume"):  # never silently restarts over a checkpoint
         _run(tmp_path)
 
